@@ -1,0 +1,3 @@
+from atlas_log.cli import main
+
+main()
