@@ -14,7 +14,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -81,8 +81,15 @@ class ServiceAccountAuth(httpx.Auth):
     requires_response_body = True
     RENEW_BEFORE_S = 120.0
 
-    def __init__(self, client_id: str, client_secret: str, token_url: str, *, verify: Any = True,
-                 timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        token_url: str,
+        *,
+        verify: Any = True,
+        timeout_s: float = 30.0,
+    ) -> None:
         self._basic = "Basic " + base64.b64encode(f"{client_id}:{client_secret}".encode()).decode()
         self._token_url = token_url
         self._verify = verify
@@ -100,8 +107,11 @@ class ServiceAccountAuth(httpx.Auth):
             try:
                 resp = httpx.post(
                     self._token_url,
-                    headers={"Authorization": self._basic, "Accept": "application/json",
-                             "Content-Type": "application/x-www-form-urlencoded"},
+                    headers={
+                        "Authorization": self._basic,
+                        "Accept": "application/json",
+                        "Content-Type": "application/x-www-form-urlencoded",
+                    },
                     content=b"grant_type=client_credentials",
                     verify=self._verify,
                     timeout=self._timeout_s,
@@ -140,7 +150,7 @@ class ServiceAccountAuth(httpx.Auth):
                 return self._fetch_token()
             return self._token
 
-    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers["Authorization"] = f"Bearer {self._current_token()}"
         response = yield request
         if response.status_code == 401:
@@ -151,8 +161,13 @@ class ServiceAccountAuth(httpx.Auth):
 def mk_auth(credentials: Credentials, atlas_url: str, *, verify: Any = True, timeout_s: float = 30.0) -> httpx.Auth:
     """Build whichever authentication the environment configured: a service account or an API key (Digest)."""
     if credentials.client_id and credentials.client_secret:
-        return ServiceAccountAuth(credentials.client_id, credentials.client_secret, f"{atlas_url}/api/oauth/token",
-                                  verify=verify, timeout_s=timeout_s)
+        return ServiceAccountAuth(
+            credentials.client_id,
+            credentials.client_secret,
+            f"{atlas_url}/api/oauth/token",
+            verify=verify,
+            timeout_s=timeout_s,
+        )
     if credentials.public_key and credentials.private_key:
         return httpx.DigestAuth(credentials.public_key, credentials.private_key)
     raise AtlasApiError("no Atlas credentials configured")
@@ -246,8 +261,14 @@ _FIXES = {
 class AtlasClient:
     """Thread-safe: one connection pool shared by every worker."""
 
-    def __init__(self, config: Config, *, on_request: Callable[[str, int, float], None] | None = None,
-                 max_attempts: int = 8, pace_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        on_request: Callable[[str, int, float], None] | None = None,
+        max_attempts: int = 8,
+        pace_scale: float = 1.0,
+    ) -> None:
         verify: Any = config.ca_bundle or True
         self._base = config.atlas_url
         self._auth = mk_auth(config.credentials, config.atlas_url, verify=verify, timeout_s=config.timeout_s)
@@ -257,8 +278,10 @@ class AtlasClient:
             headers={"Accept": MEDIA_TYPE, "User-Agent": f"atlas-log-exporter/{__version__}"},
             timeout=config.timeout_s,
             verify=verify,
-            limits=httpx.Limits(max_connections=max(10, config.concurrency * 2),
-                                max_keepalive_connections=max(10, config.concurrency * 2)),
+            limits=httpx.Limits(
+                max_connections=max(10, config.concurrency * 2),
+                max_keepalive_connections=max(10, config.concurrency * 2),
+            ),
         )
         self._pacer = Pacer(pace_scale)
         self._max_attempts = max_attempts
@@ -309,8 +332,12 @@ class AtlasClient:
                     self._pacer.drain(bucket, bucket_key, 0.0)
                     wait_hint = _retry_after(resp.headers.get("Retry-After"))
                     if wait_hint is not None and wait_hint > MAX_RETRY_AFTER_S:
-                        log.warning("Atlas asked to wait %.0fs for %s; waiting %.0fs instead", wait_hint, what,
-                                    MAX_RETRY_AFTER_S)
+                        log.warning(
+                            "Atlas asked to wait %.0fs for %s; waiting %.0fs instead",
+                            wait_hint,
+                            what,
+                            MAX_RETRY_AFTER_S,
+                        )
                         wait_hint = MAX_RETRY_AFTER_S
                     self._sleep_before_retry(attempt, f"429 rate limited on {what}", wait_hint)
                     last_problem = "429 rate limited"
@@ -320,11 +347,15 @@ class AtlasClient:
                 elif status in _FIXES:
                     raise AtlasApiError(
                         f"Atlas answered {_describe_error(resp)} for {what}: {_FIXES[status]}",
-                        status=status, error_code=resp.headers.get("X-Error-Code"),
+                        status=status,
+                        error_code=resp.headers.get("X-Error-Code"),
                     )
                 else:
-                    raise AtlasApiError(f"Atlas answered {_describe_error(resp)} for {what}", status=status,
-                                        error_code=resp.headers.get("X-Error-Code"))
+                    raise AtlasApiError(
+                        f"Atlas answered {_describe_error(resp)} for {what}",
+                        status=status,
+                        error_code=resp.headers.get("X-Error-Code"),
+                    )
             self._sleep_before_retry(attempt, f"{last_problem} on {what}", None)
         raise AtlasApiError(f"gave up on {what} after {self._max_attempts} attempts: {last_problem}", retriable=True)
 
@@ -342,8 +373,13 @@ class AtlasClient:
         seen: set[str] = set()
         page_num = 1
         while True:
-            body = self._get(path, {"itemsPerPage": ITEMS_PER_PAGE, "pageNum": page_num, "includeCount": "true"},
-                             bucket=bucket, bucket_key=bucket_key, what=f"{what} page {page_num}")
+            body = self._get(
+                path,
+                {"itemsPerPage": ITEMS_PER_PAGE, "pageNum": page_num, "includeCount": "true"},
+                bucket=bucket,
+                bucket_key=bucket_key,
+                what=f"{what} page {page_num}",
+            )
             results = _results(body, f"{what} page {page_num}")
             fresh = 0
             for item in results:
@@ -374,8 +410,16 @@ class AtlasClient:
         return scopes
 
     # -- events --------------------------------------------------------------------------------------------------
-    def get_events(self, scope: Scope, *, min_date: datetime, max_date: datetime | None, page_num: int = 1,
-                   items_per_page: int = ITEMS_PER_PAGE, include_count: bool = True) -> Page:
+    def get_events(
+        self,
+        scope: Scope,
+        *,
+        min_date: datetime,
+        max_date: datetime | None,
+        page_num: int = 1,
+        items_per_page: int = ITEMS_PER_PAGE,
+        include_count: bool = True,
+    ) -> Page:
         """One page of a scope's events in ``[min_date, max_date]`` (inclusive), newest first as Atlas serves."""
         params: dict[str, Any] = {
             "minDate": format_atlas_time(min_date),
@@ -393,8 +437,10 @@ class AtlasClient:
         body = self._get(path, params, bucket=bucket, bucket_key=scope.id, what=what)
         results = _results(body, what)
         if len(results) > items_per_page:
-            raise AtlasApiError(f"Atlas returned {len(results)} events for {what}, more than the {items_per_page} "
-                                "asked for; refusing a page that breaks the paging contract")
+            raise AtlasApiError(
+                f"Atlas returned {len(results)} events for {what}, more than the {items_per_page} "
+                "asked for; refusing a page that breaks the paging contract"
+            )
         for event in results:
             _check_event(event, what)
         total = body.get("totalCount")
@@ -404,8 +450,13 @@ class AtlasClient:
             total = None  # the observed quirk: includeCount=false still says "totalCount": 0
         links = body.get("links")
         has_next = isinstance(links, list) and any(isinstance(x, dict) and x.get("rel") == "next" for x in links)
-        return Page(events=results, total_count=total, page_num=page_num, items_per_page=items_per_page,
-                    has_next_link=has_next)
+        return Page(
+            events=results,
+            total_count=total,
+            page_num=page_num,
+            items_per_page=items_per_page,
+            has_next_link=has_next,
+        )
 
     def get_org_events(self, scope: Scope, **kwargs: Any) -> Page:
         return self.get_events(scope, **kwargs)
@@ -433,8 +484,9 @@ def _check_event(event: Any, what: str) -> None:
     try:
         parse_atlas_time(created)  # type: ignore[arg-type]
     except (ValueError, TypeError):
-        raise AtlasApiError(f"Atlas returned event {event_id} in {what} whose 'created' is not a date: "
-                            f"{str(created)[:40]!r}") from None
+        raise AtlasApiError(
+            f"Atlas returned event {event_id} in {what} whose 'created' is not a date: {str(created)[:40]!r}"
+        ) from None
     if not isinstance(event.get("eventTypeName"), str):
         raise AtlasApiError(f"Atlas returned event {event_id} in {what} without an 'eventTypeName'")
 
@@ -447,6 +499,10 @@ def ensure_no_missing_history(scope: Scope, *, read: int, total_count: int | Non
     """
     if total_count is None or read >= total_count:
         return True
-    log.warning("%s: Atlas reports %d events in the window but %d were read; some history may be missing",
-                scope.describe(), total_count, read)
+    log.warning(
+        "%s: Atlas reports %d events in the window but %d were read; some history may be missing",
+        scope.describe(),
+        total_count,
+        read,
+    )
     return False

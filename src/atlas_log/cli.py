@@ -49,52 +49,100 @@ def _load_config_file(ctx: click.Context, _param: click.Parameter, value: str | 
 
 
 def output_option(fn: F) -> F:
-    return click.option("--output", "-o", envvar="ATLAS_LOG_OUTPUT", metavar="s3://BUCKET/PREFIX|FOLDER",
-                        help="Where objects go. Default: s3://$ATLAS_LOG_BUCKET/ if set, else ./atlas-logs")(fn)
+    return click.option(
+        "--output",
+        "-o",
+        envvar="ATLAS_LOG_OUTPUT",
+        metavar="s3://BUCKET/PREFIX|FOLDER",
+        help="Where objects go. Default: s3://$ATLAS_LOG_BUCKET/ if set, else ./atlas-logs",
+    )(fn)
 
 
 def common_options(fn: F) -> F:
     """The options shared by run and the Lambda/one-shot entry points."""
-    options = [
-        click.option("--config", "config_file", type=click.Path(dir_okay=False), callback=_load_config_file,
-                     is_eager=True, expose_value=True, envvar="ATLAS_LOG_CONFIG",
-                     help="TOML file with any of these options (flags and environment win)."),
+    options: list[Callable[[F], F]] = [
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False),
+            callback=_load_config_file,
+            is_eager=True,
+            expose_value=True,
+            envvar="ATLAS_LOG_CONFIG",
+            help="TOML file with any of these options (flags and environment win).",
+        ),
         output_option,
         click.option("--atlas-url", envvar="MONGODB_ATLAS_URL", help="Default https://cloud.mongodb.com"),
         click.option("--interval", envvar="ATLAS_LOG_INTERVAL", help="Poll interval, e.g. 60s (default)."),
-        click.option("--since", envvar="ATLAS_LOG_SINCE",
-                     help="Where a scope with no watermark starts: ISO-8601 or a duration back (default 30d)."),
+        click.option(
+            "--since",
+            envvar="ATLAS_LOG_SINCE",
+            help="Where a scope with no watermark starts: ISO-8601 or a duration back (default 30d).",
+        ),
         click.option("--settle", envvar="ATLAS_LOG_SETTLE", help="How far behind now a cycle stops (default 0s)."),
-        click.option("--lookback", envvar="ATLAS_LOG_LOOKBACK",
-                     help="Window for events that become visible late (default 5m)."),
-        click.option("--heartbeat-interval", envvar="ATLAS_LOG_HEARTBEAT_INTERVAL",
-                     help="Longest time a quiet scope goes without a heartbeat line (default 5m)."),
+        click.option(
+            "--lookback",
+            envvar="ATLAS_LOG_LOOKBACK",
+            help="Window for events that become visible late (default 5m).",
+        ),
+        click.option(
+            "--heartbeat-interval",
+            envvar="ATLAS_LOG_HEARTBEAT_INTERVAL",
+            help="Longest time a quiet scope goes without a heartbeat line (default 5m).",
+        ),
         click.option("--timeout", envvar="ATLAS_LOG_TIMEOUT", help="HTTP timeout (default 30s)."),
-        click.option("--concurrency", type=int, envvar="ATLAS_LOG_CONCURRENCY",
-                     help="Scopes read at once (default 8)."),
-        click.option("--max-events-per-object", type=int, envvar="ATLAS_LOG_MAX_EVENTS_PER_OBJECT",
-                     help="Split objects larger than this (default 50000)."),
-        click.option("--org-events/--no-org-events", default=True, envvar="ATLAS_LOG_ORG_EVENTS",
-                     help="Export organization events (default on)."),
-        click.option("--project-events/--no-project-events", default=True, envvar="ATLAS_LOG_PROJECT_EVENTS",
-                     help="Export project events (default on)."),
+        click.option(
+            "--concurrency", type=int, envvar="ATLAS_LOG_CONCURRENCY", help="Scopes read at once (default 8)."
+        ),
+        click.option(
+            "--max-events-per-object",
+            type=int,
+            envvar="ATLAS_LOG_MAX_EVENTS_PER_OBJECT",
+            help="Split objects larger than this (default 50000).",
+        ),
+        click.option(
+            "--org-events/--no-org-events",
+            default=True,
+            envvar="ATLAS_LOG_ORG_EVENTS",
+            help="Export organization events (default on).",
+        ),
+        click.option(
+            "--project-events/--no-project-events",
+            default=True,
+            envvar="ATLAS_LOG_PROJECT_EVENTS",
+            help="Export project events (default on).",
+        ),
         click.option("--include-org", multiple=True, envvar="ATLAS_LOG_INCLUDE_ORG", help="Org id or name."),
         click.option("--exclude-org", multiple=True, envvar="ATLAS_LOG_EXCLUDE_ORG", help="Org id or name."),
-        click.option("--include-project", multiple=True, envvar="ATLAS_LOG_INCLUDE_PROJECT",
-                     help="Project id or name."),
-        click.option("--exclude-project", multiple=True, envvar="ATLAS_LOG_EXCLUDE_PROJECT",
-                     help="Project id or name."),
-        click.option("--include-event-type", multiple=True, envvar="ATLAS_LOG_INCLUDE_EVENT_TYPE",
-                     help="Only these eventTypeName values."),
-        click.option("--exclude-event-type", multiple=True, envvar="ATLAS_LOG_EXCLUDE_EVENT_TYPE",
-                     help="Never these eventTypeName values."),
+        click.option(
+            "--include-project", multiple=True, envvar="ATLAS_LOG_INCLUDE_PROJECT", help="Project id or name."
+        ),
+        click.option(
+            "--exclude-project", multiple=True, envvar="ATLAS_LOG_EXCLUDE_PROJECT", help="Project id or name."
+        ),
+        click.option(
+            "--include-event-type",
+            multiple=True,
+            envvar="ATLAS_LOG_INCLUDE_EVENT_TYPE",
+            help="Only these eventTypeName values.",
+        ),
+        click.option(
+            "--exclude-event-type",
+            multiple=True,
+            envvar="ATLAS_LOG_EXCLUDE_EVENT_TYPE",
+            help="Never these eventTypeName values.",
+        ),
         click.option("--sse", envvar="ATLAS_LOG_SSE", help="S3 server-side encryption: none, AES256, aws:kms."),
         click.option("--sse-kms-key-id", envvar="ATLAS_LOG_SSE_KMS_KEY_ID", help="KMS key for --sse aws:kms."),
         click.option("--s3-endpoint-url", envvar="AWS_ENDPOINT_URL_S3", help="S3-compatible endpoint."),
         click.option("--ca-bundle", envvar="ATLAS_LOG_CA_BUNDLE", help="Extra CA bundle for TLS verification."),
         click.option("--shard", envvar="ATLAS_LOG_SHARD", help="i/N: own a stable share of the scopes."),
-        click.option("--log-level", default="INFO", envvar="ATLAS_LOG_LEVEL",
-                     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)),
+        click.option(
+            "--log-level",
+            default="INFO",
+            envvar="ATLAS_LOG_LEVEL",
+            type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -114,8 +162,12 @@ def cli() -> None:
 @cli.command()
 @common_options
 @click.option("--once", is_flag=True, help="Run one cycle and exit (cron, Lambda).")
-@click.option("--metrics-port", type=int, envvar="ATLAS_LOG_METRICS_PORT",
-              help="Serve Prometheus metrics here (default 8000; off with --once unless given).")
+@click.option(
+    "--metrics-port",
+    type=int,
+    envvar="ATLAS_LOG_METRICS_PORT",
+    help="Serve Prometheus metrics here (default 8000; off with --once unless given).",
+)
 def run(once: bool, config_file: str | None, log_level: str, **params: Any) -> None:
     """Poll Atlas every --interval and export new events."""
     from atlas_log.get_latest import install_signal_handlers
@@ -123,8 +175,13 @@ def run(once: bool, config_file: str | None, log_level: str, **params: Any) -> N
 
     config = config_from(params)
     setup_logging(log_level, secrets=config.secrets)
-    log.info("exporting %s events from %s to %s every %ss", config.credentials.kind, config.atlas_url,
-             _where(config), int(config.interval_s))
+    log.info(
+        "exporting %s events from %s to %s every %ss",
+        config.credentials.kind,
+        config.atlas_url,
+        _where(config),
+        int(config.interval_s),
+    )
     stop = threading.Event()
     install_signal_handlers(stop)
     sys.exit(run_loop(config, once=once, stop=stop))

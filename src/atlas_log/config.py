@@ -34,7 +34,7 @@ DEFAULTS: dict[str, str] = {
 ENV_PUBLIC_KEY = "MONGODB_ATLAS_PUBLIC_API_KEY"
 ENV_PRIVATE_KEY = "MONGODB_ATLAS_PRIVATE_API_KEY"
 ENV_CLIENT_ID = "MONGODB_ATLAS_CLIENT_ID"
-ENV_CLIENT_SECRET = "MONGODB_ATLAS_CLIENT_SECRET"
+ENV_CLIENT_SECRET = "MONGODB_ATLAS_CLIENT_SECRET"  # noqa: S105 (a variable name)
 ENV_BUCKET = "ATLAS_LOG_BUCKET"
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -259,7 +259,11 @@ def build_config(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -
             problems.append(f"{flag}: {exc}")
 
     check("credentials", credentials_from_env, env)
-    check("atlas_url", check_atlas_url, str(raw.get("atlas_url") or env.get("MONGODB_ATLAS_URL") or DEFAULT_ATLAS_URL))
+    check(
+        "atlas_url",
+        check_atlas_url,
+        str(raw.get("atlas_url") or env.get("MONGODB_ATLAS_URL") or DEFAULT_ATLAS_URL),
+    )
     check("output", parse_output, raw.get("output"), env)
     check("since", parse_since, str(raw.get("since") or DEFAULTS["since"]))
     duration("interval")

@@ -7,7 +7,6 @@ shows what landed and checks it against the simulator's ground truth.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import threading
 from pathlib import Path
@@ -17,7 +16,7 @@ import click
 from atlas_log.config import build_config
 from atlas_log.get_latest import Exporter
 from atlas_log.simulator import Simulator, SimulatorConfig
-from atlas_log.write_events import HEARTBEAT_TYPE, LocalSink, read_object_lines
+from atlas_log.write_events import LocalSink, iter_objects
 
 log = logging.getLogger("atlas_log")
 
@@ -26,15 +25,11 @@ def collect(sink: LocalSink) -> tuple[list[dict[str, object]], int, list[str]]:
     """Every event stored under the sink (heartbeats excluded), the heartbeat count, and the object keys."""
     events: list[dict[str, object]] = []
     heartbeats = 0
-    keys = [k for k in sink.list_keys("dt=") if k.endswith(".jsonl.gz")]
-    for key in keys:
-        body = sink.get(key) or b""
-        for line in read_object_lines(body):
-            record = json.loads(line)
-            if record.get("eventTypeName") == HEARTBEAT_TYPE:
-                heartbeats += 1
-            else:
-                events.append(record)
+    keys = []
+    for key, stored, beats in iter_objects(sink):
+        keys.append(key)
+        events.extend(stored)
+        heartbeats += len(beats)
     return events, heartbeats, keys
 
 
@@ -42,8 +37,10 @@ def run_demo(folder: Path, *, cycles: int = 3, interval_s: float = 2.0) -> int:
     folder = folder.resolve()
     sim_config = SimulatorConfig(seed=7, orgs=1, projects_per_org=4, events=2_000, history_s=7 * 86400.0, rate=5.0)
     with Simulator(sim_config) as sim:
-        click.echo(f"simulator: {sim.base_url} ({len(sim.orgs())} org, {len(sim.projects())} projects, "
-                   f"{len(sim.ground_truth())} events, +{sim_config.rate:g}/s live)")
+        click.echo(
+            f"simulator: {sim.base_url} ({len(sim.orgs())} org, {len(sim.projects())} projects, "
+            f"{len(sim.ground_truth())} events, +{sim_config.rate:g}/s live)"
+        )
         env = {
             "MONGODB_ATLAS_PUBLIC_API_KEY": sim_config.public_key,
             "MONGODB_ATLAS_PRIVATE_API_KEY": sim_config.private_key,

@@ -14,8 +14,15 @@ class ConfigError(AtlasLogError):
 class AtlasApiError(AtlasLogError):
     """Atlas answered with an error, or with something that is not a valid answer."""
 
-    def __init__(self, message: str, *, status: int | None = None, error_code: str | None = None,
-                 retriable: bool = False, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_code: str | None = None,
+        retriable: bool = False,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.error_code = error_code

@@ -36,7 +36,13 @@ from typing import Any
 from atlas_log._time import format_atlas_time, parse_atlas_time, utcnow
 from atlas_log.atlas_api import AtlasClient, Scope
 from atlas_log.config import Config
-from atlas_log.errors import AtlasApiError, AtlasLogError, CheckpointConflict, CheckpointError, DestinationError
+from atlas_log.errors import (
+    AtlasApiError,
+    AtlasLogError,
+    CheckpointConflict,
+    CheckpointError,
+    DestinationError,
+)
 from atlas_log.high_watermark import (
     Checkpoint,
     EventKey,
@@ -45,7 +51,7 @@ from atlas_log.high_watermark import (
     Watermark,
     advance,
 )
-from atlas_log.reader import Chunk, read_scope
+from atlas_log.reader import CHUNK_EVENTS, Chunk, read_scope
 from atlas_log.write_events import (
     STATE_DIR,
     ObjectWriter,
@@ -115,8 +121,9 @@ def apply_heartbeats(cp: Checkpoint, heartbeats: Iterable[dict[str, Any]], *, se
         except ValueError as exc:
             raise CheckpointError(f"object {key} holds an unreadable watermark: {exc}") from None
         scope_key = f"{scope.get('kind')}:{scope.get('id')}"
-        state = scopes.get(scope_key) or ScopeState(kind=str(scope.get("kind")), id=str(scope.get("id")),
-                                                    name="", org_id="")
+        state = scopes.get(scope_key) or ScopeState(
+            kind=str(scope.get("kind")), id=str(scope.get("id")), name="", org_id=""
+        )
         state.name = str(scope.get("name") or state.name)
         state.org_id = str(scope.get("org_id") or state.org_id)
         state.watermark = wm
@@ -125,8 +132,13 @@ def apply_heartbeats(cp: Checkpoint, heartbeats: Iterable[dict[str, Any]], *, se
         state.last_heartbeat = str(hb.get("created"))
         scopes[scope_key] = state
         committed_at = str(hb.get("created"))
-    return Checkpoint(seq=seq, scopes=scopes, pending=None, last_object=key,
-                      last_object_at=committed_at or format_atlas_time(utcnow()))
+    return Checkpoint(
+        seq=seq,
+        scopes=scopes,
+        pending=None,
+        last_object=key,
+        last_object_at=committed_at or format_atlas_time(utcnow()),
+    )
 
 
 def adopt_pending(sink: Sink, key: str, cp: Checkpoint, version: str | None) -> tuple[Checkpoint, str | None]:
@@ -139,10 +151,15 @@ def adopt_pending(sink: Sink, key: str, cp: Checkpoint, version: str | None) -> 
     try:
         heartbeats = read_heartbeats(body)
     except (DestinationError, ValueError) as exc:
-        raise CheckpointError(f"the pending object {cp.pending.key} is unreadable ({exc}); it must be inspected "
-                              "by hand before the exporter can continue") from None
-    log.info("adopting object %s written before the checkpoint was saved (%d scopes)", cp.pending.key,
-             len(heartbeats))
+        raise CheckpointError(
+            f"the pending object {cp.pending.key} is unreadable ({exc}); it must be inspected "
+            "by hand before the exporter can continue"
+        ) from None
+    log.info(
+        "adopting object %s written before the checkpoint was saved (%d scopes)",
+        cp.pending.key,
+        len(heartbeats),
+    )
     new_cp = apply_heartbeats(cp, heartbeats, seq=cp.pending.seq, key=cp.pending.key)
     return new_cp, save_checkpoint(sink, key, new_cp, version)
 
@@ -161,9 +178,11 @@ class CycleResult:
     conflict: bool = False
 
     def summary(self) -> str:
-        return (f"cycle done scopes={self.scopes} failed={self.scopes_failed} events={self.events} "
-                f"objects={self.objects} bytes={self.bytes} requests={self.requests} "
-                f"duration_ms={int(self.duration_s * 1000)}")
+        return (
+            f"cycle done scopes={self.scopes} failed={self.scopes_failed} events={self.events} "
+            f"objects={self.objects} bytes={self.bytes} requests={self.requests} "
+            f"duration_ms={int(self.duration_s * 1000)}"
+        )
 
 
 class _Done:
@@ -175,9 +194,15 @@ class _Done:
 class Exporter:
     """Runs cycles against one destination. Hooks (``on_object``) let metrics and tests observe outcomes."""
 
-    def __init__(self, config: Config, *, sink: Sink | None = None, client: AtlasClient | None = None,
-                 stop: threading.Event | None = None,
-                 on_object: Callable[[str, int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        sink: Sink | None = None,
+        client: AtlasClient | None = None,
+        stop: threading.Event | None = None,
+        on_object: Callable[[str, int, int], None] | None = None,
+    ) -> None:
         self.config = config
         self.sink = sink or open_sink(config)
         self.client = client or AtlasClient(config)
@@ -187,6 +212,7 @@ class Exporter:
         self.cp_key = checkpoint_key(config)
         self.last_success: datetime | None = None
         self.failing_scopes: dict[str, str] = {}
+        self.chunk_events = CHUNK_EVENTS
 
     def close(self) -> None:
         self.client.close()
@@ -201,8 +227,9 @@ class Exporter:
             if scope.kind == "org":
                 wanted = f.org_events and f.wants_org(scope.id, scope.name)
             else:
-                wanted = f.project_events and f.wants_project(scope.id, scope.name, scope.org_id,
-                                                              org_names.get(scope.org_id))
+                wanted = f.project_events and f.wants_project(
+                    scope.id, scope.name, scope.org_id, org_names.get(scope.org_id)
+                )
             if wanted and in_shard(scope, self.config.shard_index, self.config.shard_count):
                 chosen.append(scope)
         return chosen
@@ -241,8 +268,15 @@ class Exporter:
                     "--output at a new prefix"
                 )
 
-    def _export(self, scopes: list[Scope], cp: Checkpoint, version: str | None, until_s: int, as_of: datetime,
-                result: CycleResult) -> None:
+    def _export(
+        self,
+        scopes: list[Scope],
+        cp: Checkpoint,
+        version: str | None,
+        until_s: int,
+        as_of: datetime,
+        result: CycleResult,
+    ) -> None:
         cfg = self.config
         since_s = int(cfg.since.timestamp())
         chunks: queue.Queue[Chunk | _Done] = queue.Queue(maxsize=max(2, cfg.concurrency * 2))
@@ -253,8 +287,15 @@ class Exporter:
             state = cp.scopes.get(scope.key)
             wm = state.watermark if state else Watermark()
             try:
-                for chunk in read_scope(self.client, scope, wm, until_s=until_s, lookback_s=cfg.lookback_s,
-                                        since_s=since_s):
+                for chunk in read_scope(
+                    self.client,
+                    scope,
+                    wm,
+                    until_s=until_s,
+                    lookback_s=cfg.lookback_s,
+                    since_s=since_s,
+                    chunk_events=self.chunk_events,
+                ):
                     while not abort.is_set():
                         try:
                             chunks.put(chunk, timeout=0.5)
@@ -312,8 +353,11 @@ class Exporter:
         lines = []
         for key, entry in batch.touched.items():
             state = batch.cp.scopes.get(key)
-            stale = state is None or state.last_heartbeat is None or \
-                parse_atlas_time(state.last_heartbeat).timestamp() <= due_before
+            stale = (
+                state is None
+                or state.last_heartbeat is None
+                or parse_atlas_time(state.last_heartbeat).timestamp() <= due_before
+            )
             if entry.count or (heartbeat_all and stale):
                 lines.append(entry)
         if not lines:
@@ -321,22 +365,34 @@ class Exporter:
         cp, version = batch.cp, batch.version
         if cp.pending is None:
             pending = Pending(seq=cp.seq + 1, key=object_key(cp.seq + 1, now, shard_tag(cfg)))
-            cp = Checkpoint(seq=cp.seq, scopes=cp.scopes, pending=pending, last_object=cp.last_object,
-                            last_object_at=cp.last_object_at)
+            cp = Checkpoint(
+                seq=cp.seq,
+                scopes=cp.scopes,
+                pending=pending,
+                last_object=cp.last_object,
+                last_object_at=cp.last_object_at,
+            )
             version = save_checkpoint(self.sink, self.cp_key, cp, version)
         assert cp.pending is not None
         seq, key = cp.pending.seq, cp.pending.key
         heartbeats = []
         for entry in lines:
-            record = {
+            record: dict[str, Any] = {
                 "created": format_atlas_time(now),
                 "scope": entry.scope_json,
                 "watermark": entry.watermark.to_json(),
                 "count": entry.count,
             }
             heartbeats.append(record)
-            append_heartbeat(batch.writer, now=now, scope=entry.scope_json, watermark=record["watermark"],
-                             count=entry.count, seq=seq, exporter=self.exporter_id)
+            append_heartbeat(
+                batch.writer,
+                now=now,
+                scope=entry.scope_json,
+                watermark=record["watermark"],
+                count=entry.count,
+                seq=seq,
+                exporter=self.exporter_id,
+            )
         body = batch.writer.finish()
         if not self.sink.put_new(key, body):
             log.warning("object %s already exists (written by a crashed or concurrent run); adopting it", key)
@@ -386,13 +442,18 @@ class _Batch:
         (write_org_events if scope.kind == "org" else write_group_events)(self.writer, lines)
         entry.count += len(lines)
         handled: list[EventKey] = [k for k, _ in chunk.events]
-        entry.watermark = advance(entry.watermark, handled, lookback_s=cfg.lookback_s,
-                                  read_until_s=chunk.read_until_s)
+        entry.watermark = advance(entry.watermark, handled, lookback_s=cfg.lookback_s, read_until_s=chunk.read_until_s)
 
 
 # ------------------------------------------------------------------------------------------------ the loop
-def run(config: Config, *, once: bool = False, exporter: Exporter | None = None,
-        stop: threading.Event | None = None, max_cycles: int | None = None) -> int:
+def run(
+    config: Config,
+    *,
+    once: bool = False,
+    exporter: Exporter | None = None,
+    stop: threading.Event | None = None,
+    max_cycles: int | None = None,
+) -> int:
     """Poll every ``interval``; return the process exit status (0 ok, 1 when a ``--once`` cycle failed)."""
     stop = stop or threading.Event()
     exporter = exporter or Exporter(config, stop=stop)
@@ -451,4 +512,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

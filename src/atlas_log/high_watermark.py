@@ -228,8 +228,10 @@ class Checkpoint:
         scopes = {key: ScopeState.from_json(key, value) for key, value in raw_scopes.items()}
         for key, state in scopes.items():
             if state.watermark.min_date_s is not None and state.watermark.min_date_s > now_s + 300:
-                raise ValueError(f"scope {key}: watermark {format_atlas_time(state.watermark.min_date)} "  # type: ignore[arg-type]
-                                 "is in the future")
+                raise ValueError(
+                    f"scope {key}: watermark {format_atlas_time(state.watermark.min_date)} "  # type: ignore[arg-type]
+                    "is in the future"
+                )
         raw_pending = data.get("pending")
         pending = None
         if raw_pending is not None:

@@ -45,16 +45,20 @@ def _dt(epoch_s: int) -> datetime:
     return datetime.fromtimestamp(epoch_s, UTC)
 
 
-def _read_whole(client: AtlasClient, scope: Scope, lo_s: int, hi_s: int, first: Any = None
-                ) -> tuple[dict[str, dict[str, Any]], int, int]:
+def _read_whole(
+    client: AtlasClient, scope: Scope, lo_s: int, hi_s: int, first: Any = None
+) -> tuple[dict[str, dict[str, Any]], int, int]:
     """Every event in ``[lo, hi]`` by id; also the number of pages and of events Atlas sent outside the window."""
     seen: dict[str, dict[str, Any]] = {}
     outside = 0
     page_num = 1
     total: int | None = None
     while True:
-        page = first if (page_num == 1 and first is not None) else client.get_events(
-            scope, min_date=_dt(lo_s), max_date=_dt(hi_s), page_num=page_num)
+        page = (
+            first
+            if (page_num == 1 and first is not None)
+            else client.get_events(scope, min_date=_dt(lo_s), max_date=_dt(hi_s), page_num=page_num)
+        )
         if page_num == 1:
             total = page.total_count
         fresh = 0
@@ -78,8 +82,15 @@ def _read_whole(client: AtlasClient, scope: Scope, lo_s: int, hi_s: int, first: 
     return seen, page_num, outside
 
 
-def _chunk(scope: Scope, wm: Watermark, found: dict[str, dict[str, Any]], hi_s: int, pages: int, outside: int,
-           lookback_s: int) -> Chunk:
+def _chunk(
+    scope: Scope,
+    wm: Watermark,
+    found: dict[str, dict[str, Any]],
+    hi_s: int,
+    pages: int,
+    outside: int,
+    lookback_s: int,
+) -> Chunk:
     keyed = [(EventKey(event_id, created_s(event)), event) for event_id, event in found.items()]
     fresh = [(k, e) for k, e in keyed if is_new(wm, k, lookback_s=lookback_s)]
     fresh.sort(key=lambda pair: (pair[0].created_s, pair[0].id))
@@ -88,8 +99,16 @@ def _chunk(scope: Scope, wm: Watermark, found: dict[str, dict[str, Any]], hi_s: 
     return Chunk(scope=scope, events=fresh, read_until_s=hi_s, pages=pages, ignored_outside_window=outside)
 
 
-def read_scope(client: AtlasClient, scope: Scope, wm: Watermark, *, until_s: int, lookback_s: int, since_s: int,
-               chunk_events: int = CHUNK_EVENTS) -> Iterator[Chunk]:
+def read_scope(
+    client: AtlasClient,
+    scope: Scope,
+    wm: Watermark,
+    *,
+    until_s: int,
+    lookback_s: int,
+    since_s: int,
+    chunk_events: int = CHUNK_EVENTS,
+) -> Iterator[Chunk]:
     """Yield the scope's new events in chunks, oldest first; the last chunk's ``read_until_s`` is ``until_s``."""
     lo_s = query_start_s(wm, lookback_s=lookback_s, since_s=since_s)
     if until_s < lo_s:
@@ -100,16 +119,25 @@ def read_scope(client: AtlasClient, scope: Scope, wm: Watermark, *, until_s: int
         found, pages, outside = _read_whole(client, scope, lo_s, until_s, first)
         yield _chunk(scope, wm, found, until_s, pages, outside, lookback_s)
         return
-    log.info("%s: about %d events to read; reading in chunks of about %d, oldest first", scope.describe(),
-             remaining, chunk_events)
+    log.info(
+        "%s: about %d events to read; reading in chunks of about %d, oldest first",
+        scope.describe(),
+        remaining,
+        chunk_events,
+    )
     local_wm = wm
     while True:
         if remaining <= chunk_events:
             found, pages, outside = _read_whole(client, scope, lo_s, until_s)
             yield _chunk(scope, local_wm, found, until_s, pages, outside, lookback_s)
             return
-        probe = client.get_events(scope, min_date=_dt(lo_s), max_date=_dt(until_s),
-                                  page_num=remaining - chunk_events + 1, items_per_page=1)
+        probe = client.get_events(
+            scope,
+            min_date=_dt(lo_s),
+            max_date=_dt(until_s),
+            page_num=remaining - chunk_events + 1,
+            items_per_page=1,
+        )
         if not probe.events:  # the estimate was too high: what is left is small enough
             remaining = 0
             continue

@@ -19,7 +19,6 @@ import tempfile
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -112,8 +111,16 @@ def dump_line(record: dict[str, Any]) -> bytes:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def append_heartbeat(writer: ObjectWriter, *, now: datetime, scope: dict[str, Any], watermark: dict[str, Any],
-                     count: int, seq: int, exporter: str) -> None:
+def append_heartbeat(
+    writer: ObjectWriter,
+    *,
+    now: datetime,
+    scope: dict[str, Any],
+    watermark: dict[str, Any],
+    count: int,
+    seq: int,
+    exporter: str,
+) -> None:
     """The original's heartbeat record, plus the scope, its new watermark and the number of events in this object."""
     writer.add_json(
         {
@@ -148,6 +155,22 @@ def read_heartbeats(body: bytes) -> list[dict[str, Any]]:
             if record.get("eventTypeName") == HEARTBEAT_TYPE:
                 out.append(record)
     return out
+
+
+def iter_objects(sink: Sink) -> Iterator[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Every exported object under the sink, oldest first: (key, events, heartbeat lines)."""
+    for key in sink.list_keys("dt="):
+        if not key.endswith(".jsonl.gz"):
+            continue
+        body = sink.get(key)
+        if body is None:
+            continue
+        events: list[dict[str, Any]] = []
+        heartbeats: list[dict[str, Any]] = []
+        for line in read_object_lines(body):
+            record = json.loads(line)
+            (heartbeats if record.get("eventTypeName") == HEARTBEAT_TYPE else events).append(record)
+        yield key, events, heartbeats
 
 
 def object_key(seq: int, when: datetime, shard: str = "") -> str:
@@ -258,9 +281,17 @@ class LocalSink:
 class S3Sink:
     """An S3 bucket (or S3-compatible server): create-only with If-None-Match, CAS with If-Match on the ETag."""
 
-    def __init__(self, location: S3Location, *, client: Any = None, sse: str | None = None,
-                 sse_kms_key_id: str | None = None, endpoint_url: str | None = None, ca_bundle: str | None = None,
-                 timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        location: S3Location,
+        *,
+        client: Any = None,
+        sse: str | None = None,
+        sse_kms_key_id: str | None = None,
+        endpoint_url: str | None = None,
+        ca_bundle: str | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
         self.location = location
         if client is None:
             import boto3
@@ -270,8 +301,11 @@ class S3Sink:
                 "s3",
                 endpoint_url=endpoint_url,
                 verify=ca_bundle or None,
-                config=BotoConfig(retries={"mode": "standard", "max_attempts": 6}, connect_timeout=timeout_s,
-                                  read_timeout=timeout_s),
+                config=BotoConfig(
+                    retries={"mode": "standard", "max_attempts": 6},
+                    connect_timeout=timeout_s,
+                    read_timeout=timeout_s,
+                ),
             )
         self._s3 = client
         self._extra: dict[str, str] = {}
@@ -304,8 +338,14 @@ class S3Sink:
         content_type = CONTENT_TYPE if key.endswith(".jsonl.gz") else "application/json"
         for attempt in range(6):
             try:
-                return self._s3.put_object(Bucket=self.location.bucket, Key=self._key(key), Body=body,
-                                           ContentType=content_type, **self._extra, **conditions)
+                return self._s3.put_object(
+                    Bucket=self.location.bucket,
+                    Key=self._key(key),
+                    Body=body,
+                    ContentType=content_type,
+                    **self._extra,
+                    **conditions,
+                )
             except Exception as exc:
                 code, status = _s3_error(exc)
                 if status == 409 or code == "ConditionalRequestConflict":
@@ -349,8 +389,9 @@ class S3Sink:
         except Exception as exc:
             code, status = _s3_error(exc)
             if status == 412 or code == "PreconditionFailed" or (expected is not None and code == "NoSuchKey"):
-                raise CheckpointConflict(f"s3://{self.location.bucket}/{self._key(key)} was changed by another "
-                                         "exporter") from None
+                raise CheckpointConflict(
+                    f"s3://{self.location.bucket}/{self._key(key)} was changed by another exporter"
+                ) from None
             raise self._fail("save", key, exc) from None
         return str(resp["ETag"])
 
@@ -360,7 +401,7 @@ class S3Sink:
         try:
             for page in paginator.paginate(Bucket=self.location.bucket, Prefix=full):
                 for item in page.get("Contents", []):
-                    yield str(item["Key"])[len(self.location.prefix):]
+                    yield str(item["Key"])[len(self.location.prefix) :]
         except Exception as exc:
             raise self._fail("list", prefix, exc) from None
 
@@ -376,8 +417,14 @@ def _s3_error(exc: Exception) -> tuple[str | None, int | None]:
 
 def open_sink(config: Config) -> Sink:
     if isinstance(config.output, S3Location):
-        return S3Sink(config.output, sse=config.sse, sse_kms_key_id=config.sse_kms_key_id,
-                      endpoint_url=config.s3_endpoint_url, ca_bundle=config.ca_bundle, timeout_s=config.timeout_s)
+        return S3Sink(
+            config.output,
+            sse=config.sse,
+            sse_kms_key_id=config.sse_kms_key_id,
+            endpoint_url=config.s3_endpoint_url,
+            ca_bundle=config.ca_bundle,
+            timeout_s=config.timeout_s,
+        )
     return LocalSink(config.output)
 
 
