@@ -394,7 +394,9 @@ class Exporter:
                 exporter=self.exporter_id,
             )
         body = batch.writer.finish()
-        if not self.sink.put_new(key, body):
+        if not self.sink.put_new(key, body) and self.sink.get(key) != body:
+            # Someone else's object (a crashed or concurrent run). Identical bytes would mean our own write
+            # went through and only its answer was lost (a retried PUT then sees 412): that is plain success.
             log.warning("object %s already exists (written by a crashed or concurrent run); adopting it", key)
             cp, version = adopt_pending(self.sink, self.cp_key, cp, version)
             batch.cp, batch.version = cp, version
