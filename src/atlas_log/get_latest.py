@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -51,6 +51,7 @@ from atlas_log.high_watermark import (
     Watermark,
     advance,
 )
+from atlas_log.metrics import Metrics
 from atlas_log.reader import CHUNK_EVENTS, Chunk, read_scope
 from atlas_log.write_events import (
     STATE_DIR,
@@ -66,6 +67,8 @@ from atlas_log.write_events import (
 )
 
 log = logging.getLogger("atlas_log")
+
+DEFAULT_METRICS_PORT = 8000  # the original tool's
 
 
 def checkpoint_key(config: Config) -> str:
@@ -192,7 +195,7 @@ class _Done:
 
 
 class Exporter:
-    """Runs cycles against one destination. Hooks (``on_object``) let metrics and tests observe outcomes."""
+    """Runs cycles against one destination, reporting to ``metrics`` when given."""
 
     def __init__(
         self,
@@ -201,13 +204,13 @@ class Exporter:
         sink: Sink | None = None,
         client: AtlasClient | None = None,
         stop: threading.Event | None = None,
-        on_object: Callable[[str, int, int], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.sink = sink or open_sink(config)
-        self.client = client or AtlasClient(config)
+        self.client = client or AtlasClient(config, on_request=metrics.on_request if metrics else None)
         self.stop = stop or threading.Event()
-        self.on_object = on_object
         self.exporter_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.cp_key = checkpoint_key(config)
         self.last_success: datetime | None = None
@@ -237,18 +240,20 @@ class Exporter:
     # -- the cycle -------------------------------------------------------------------------------------------
     def run_cycle(self) -> CycleResult:
         started = time.monotonic()
-        requests_before = self.client.requests
+        requests_before, retries_before = self.client.requests, self.client.retries
         result = CycleResult()
-        cp, version = load_checkpoint(self.sink, self.cp_key)
-        if cp.seq == 0 and version is None:
-            self._refuse_missing_checkpoint()
-        cp, version = adopt_pending(self.sink, self.cp_key, cp, version)
-        as_of = utcnow()
-        until_s = int(as_of.timestamp()) - self.config.settle_s
-        scopes = self.scopes()
-        result.scopes = len(scopes)
         try:
-            self._export(scopes, cp, version, until_s, as_of, result)
+            cp, version = load_checkpoint(self.sink, self.cp_key)
+            if cp.seq == 0 and version is None:
+                self._refuse_missing_checkpoint()
+            if self.metrics and cp.seq:
+                self.metrics.checkpoint = cp
+            cp, version = self._adopt(cp, version)
+            as_of = utcnow()
+            until_s = int(as_of.timestamp()) - self.config.settle_s
+            scopes = self.scopes()
+            result.scopes = len(scopes)
+            self._export(scopes, cp, version, until_s, result)
         except CheckpointConflict as exc:
             result.conflict = True
             log.warning("another exporter committed to this destination first (%s); re-reading the checkpoint", exc)
@@ -256,7 +261,18 @@ class Exporter:
         result.duration_s = time.monotonic() - started
         if not result.conflict and not result.failures:
             self.last_success = utcnow()
+        if self.metrics:
+            self.metrics.on_cycle(result, retries=self.client.retries - retries_before)
         return result
+
+    def _adopt(self, cp: Checkpoint, version: str | None) -> tuple[Checkpoint, str | None]:
+        """Commit the pending object if a crashed or concurrent run already wrote it."""
+        pending = cp.pending
+        new_cp, new_version = adopt_pending(self.sink, self.cp_key, cp, version)
+        if pending is not None and new_cp.seq == pending.seq and self.metrics:
+            body = self.sink.get(pending.key) or b""
+            self.metrics.on_commit(new_cp, {}, len(body), adopted=True)
+        return new_cp, new_version
 
     def _refuse_missing_checkpoint(self) -> None:
         """No checkpoint but exported objects: someone lost the checkpoint. Never silently start again."""
@@ -274,7 +290,6 @@ class Exporter:
         cp: Checkpoint,
         version: str | None,
         until_s: int,
-        as_of: datetime,
         result: CycleResult,
     ) -> None:
         cfg = self.config
@@ -373,6 +388,8 @@ class Exporter:
                 last_object_at=cp.last_object_at,
             )
             version = save_checkpoint(self.sink, self.cp_key, cp, version)
+            if self.metrics:
+                self.metrics.checkpoint_saves.labels("pending").inc()
         assert cp.pending is not None
         seq, key = cp.pending.seq, cp.pending.key
         heartbeats = []
@@ -398,7 +415,7 @@ class Exporter:
             # Someone else's object (a crashed or concurrent run). Identical bytes would mean our own write
             # went through and only its answer was lost (a retried PUT then sees 412): that is plain success.
             log.warning("object %s already exists (written by a crashed or concurrent run); adopting it", key)
-            cp, version = adopt_pending(self.sink, self.cp_key, cp, version)
+            cp, version = self._adopt(cp, version)
             batch.cp, batch.version = cp, version
             raise CheckpointConflict(f"object {key} was written by another run")
         new_cp = apply_heartbeats(cp, heartbeats, seq=seq, key=key)
@@ -408,8 +425,11 @@ class Exporter:
         result.events += events
         result.objects += 1
         result.bytes += len(body)
-        if self.on_object:
-            self.on_object(key, events, len(body))
+        if self.metrics:
+            by_kind: dict[str, int] = {}
+            for entry in lines:
+                by_kind[entry.scope_json["kind"]] = by_kind.get(entry.scope_json["kind"], 0) + entry.count
+            self.metrics.on_commit(new_cp, by_kind, len(body), adopted=False)
         log.info("stored %s events=%d bytes=%d scopes=%d", key, events, len(body), len(lines))
 
 
@@ -458,7 +478,12 @@ def run(
 ) -> int:
     """Poll every ``interval``; return the process exit status (0 ok, 1 when a ``--once`` cycle failed)."""
     stop = stop or threading.Event()
-    exporter = exporter or Exporter(config, stop=stop)
+    if exporter is None:
+        port = config.metrics_port if (config.metrics_port is not None or once) else DEFAULT_METRICS_PORT
+        metrics = Metrics() if port is not None else None
+        if metrics is not None and port is not None:
+            metrics.serve(port)
+        exporter = Exporter(config, stop=stop, metrics=metrics)
     exporter.stop = stop
     cycles = 0
     status = 0
@@ -467,7 +492,10 @@ def run(
             started = time.monotonic()
             try:
                 result = exporter.run_cycle()
-            except (CheckpointError, DestinationError) as exc:
+            except CheckpointError as exc:
+                log.error("%s", exc)  # a damaged or missing checkpoint: stop rather than guess
+                return 1
+            except DestinationError as exc:
                 log.error("%s", exc)
                 if once:
                     return 1
