@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,12 @@ import pytest
 from conftest import StartSim, assert_exactly_once, exporter_config, stored_events
 
 from atlas_log._time import utcnow
+from atlas_log.atlas_api import AtlasClient, Scope
 from atlas_log.get_latest import Exporter, load_checkpoint
 from atlas_log.write_events import LocalSink, Sink
 
 
-def export(sim: Any, out: Path, cycles: int = 1, **raw: Any) -> Exporter:
+def export(sim: Any, out: Path | str, cycles: int = 1, **raw: Any) -> Exporter:
     exporter = Exporter(exporter_config(sim, out, **raw))
     try:
         for _ in range(cycles):
@@ -200,3 +202,49 @@ def test_two_exporters_at_once_on_one_destination(start_sim: StartSim, tmp_path:
     quiesce(sim)
     export(sim, tmp_path)
     assert_exactly_once(sim, LocalSink(tmp_path))
+
+
+def test_a_project_deleted_mid_cycle_vanishes_without_failing_the_cycle(start_sim: StartSim, tmp_path: Path) -> None:
+    sim = start_sim(projects_per_org=3, events=600)
+    victim = sim.projects()[0]["id"]
+
+    class DeletingClient(AtlasClient):
+        def discover(self) -> list[Scope]:
+            found = super().discover()
+            sim.delete_project(victim)  # gone after it was listed, before it is read
+            return found
+
+    config = exporter_config(sim, tmp_path)
+    exporter = Exporter(config, client=DeletingClient(config))
+    try:
+        result = exporter.run_cycle()
+        assert result.failures == []
+        assert result.scopes == 4
+        second = exporter.run_cycle()
+        assert second.scopes == 3  # no longer polled
+    finally:
+        exporter.close()
+    assert_exactly_once(sim, LocalSink(tmp_path))
+
+
+@pytest.mark.parametrize("sse", ["AES256", "aws:kms"])
+def test_server_side_encryption_is_requested_on_every_object(
+    sse: str, start_sim: StartSim, moto_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in moto_server.env().items():
+        monkeypatch.setenv(name, value)
+    client = moto_server.client()
+    bucket = f"sse-{sse.replace(':', '-').lower()}-{uuid.uuid4().hex[:8]}"
+    client.create_bucket(Bucket=bucket)
+    sim = start_sim(projects_per_org=1, events=50)
+    raw: dict[str, Any] = {"sse": sse}
+    if sse == "aws:kms":
+        raw["sse_kms_key_id"] = "alias/atlas-log-test"
+    export(sim, f"s3://{bucket}/p", **raw)
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert any(k.endswith(".jsonl.gz") for k in keys)
+    for key in keys:
+        head = client.head_object(Bucket=bucket, Key=key)
+        assert head["ServerSideEncryption"] == sse
+        if key.endswith(".jsonl.gz"):
+            assert head["ContentType"] == "application/x-ndjson"

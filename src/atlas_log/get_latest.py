@@ -342,7 +342,15 @@ class Exporter:
                 item = chunks.get()
                 if isinstance(item, _Done):
                     remaining -= 1
-                    if item.error is not None:
+                    if isinstance(item.error, AtlasApiError) and item.error.status == 404:
+                        # Deleted between discovery and reading: it has vanished, which is not a failure.
+                        log.warning(
+                            "%s vanished during the cycle (%s); it is no longer polled",
+                            item.scope.describe(),
+                            item.error.error_code or "404",
+                        )
+                        self.failing_scopes.pop(item.scope.key, None)
+                    elif item.error is not None:
                         result.scopes_failed += 1
                         message = f"{item.scope.describe()}: {item.error}"
                         result.failures.append(message)
