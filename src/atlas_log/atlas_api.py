@@ -175,20 +175,33 @@ def mk_auth(credentials: Credentials, atlas_url: str, *, verify: Any = True, tim
 
 # ----------------------------------------------------------------------------------------------- rate pacing
 class Pacer:
-    """Client-side token buckets mirroring Atlas's, so a backfill runs at the limit without provoking 429s."""
+    """Client-side token buckets mirroring Atlas's, so a backfill runs at the limit without provoking 429s.
+
+    One bucket per (kind, key), sized from ``BUCKETS`` times ``scale``. Atlas's answers correct it:
+    ``RateLimit-Remaining`` (or 0 on a 429) lowers a bucket to what Atlas says is left, and ``remaining + 1`` is a
+    lower bound of the bucket's real capacity, so the largest such bound seen for a kind is the scale Atlas really
+    applies to it (limits "might change"; a scaled simulator is the same case). The refill rate follows the capacity
+    (Atlas's documented ratio). The learned scale only ever lowers what ``scale`` allows, never raises it.
+    """
 
     def __init__(self, scale: float = 1.0) -> None:
         self._scale = scale
         self._lock = threading.Lock()
         self._state: dict[tuple[str, str], tuple[float, float]] = {}  # key -> (tokens, last monotonic)
+        self._learned: dict[str, float] = {}  # bucket kind -> scale implied by the largest Remaining + 1 seen
+
+    def limits(self, bucket: str) -> tuple[float, float]:
+        """(capacity, refill per second) this pacer uses for a bucket kind now."""
+        capacity, refill = BUCKETS[bucket]
+        scale = min(self._scale, self._learned.get(bucket, self._scale))
+        return max(1.0, capacity * scale), refill * scale
 
     def acquire(self, bucket: str, key: str) -> None:
         if self._scale <= 0:
             return
-        capacity, refill = BUCKETS[bucket]
-        capacity_f, refill_f = max(1.0, capacity * self._scale), refill * self._scale
         while True:
             with self._lock:
+                capacity_f, refill_f = self.limits(bucket)
                 now = time.monotonic()
                 tokens, last = self._state.get((bucket, key), (capacity_f, now))
                 tokens = min(capacity_f, tokens + (now - last) * refill_f)
@@ -203,6 +216,10 @@ class Pacer:
         """Atlas said how many tokens are left (RateLimit-Remaining, or 0 on a 429): believe it."""
         with self._lock:
             now = time.monotonic()
+            if remaining > 0 and self._scale > 0:
+                seen = (remaining + 1.0) / BUCKETS[bucket][0]
+                if seen > self._learned.get(bucket, 0.0):
+                    self._learned[bucket] = seen
             tokens, _ = self._state.get((bucket, key), (remaining, now))
             self._state[(bucket, key)] = (min(tokens, remaining), now)
 
@@ -289,6 +306,7 @@ class AtlasClient:
         self.requests = 0
         self.retries = 0
         self.rate_limited = 0
+        self.server_clock_offset_s = 0.0  # Atlas's clock minus ours, from the Date header (0 when unknown)
 
     def close(self) -> None:
         self._http.close()
@@ -319,6 +337,7 @@ class AtlasClient:
             if self._on_request:
                 self._on_request(bucket, status, elapsed)
             if status:
+                self._note_server_clock(resp.headers.get("Date"))
                 remaining = resp.headers.get("RateLimit-Remaining")
                 if remaining is not None and remaining.strip().isdigit():
                     self._pacer.drain(bucket, bucket_key, float(remaining))
@@ -358,6 +377,18 @@ class AtlasClient:
                     )
             self._sleep_before_retry(attempt, f"{last_problem} on {what}", None)
         raise AtlasApiError(f"gave up on {what} after {self._max_attempts} attempts: {last_problem}", retriable=True)
+
+    def _note_server_clock(self, date_header: str | None) -> None:
+        """Remember how far Atlas's clock is from ours, so a cycle never reads up to a second Atlas has not reached."""
+        if not date_header:
+            return
+        try:
+            server = email.utils.parsedate_to_datetime(date_header).timestamp()
+        except (TypeError, ValueError):
+            return
+        # Date has one-second precision and is stamped before the answer travels: only a lag beyond that counts.
+        offset = server + 1.0 - time.time()
+        self.server_clock_offset_s = min(0.0, offset)
 
     def _sleep_before_retry(self, attempt: int, problem: str, at_least_s: float | None) -> None:
         if attempt + 1 >= self._max_attempts:

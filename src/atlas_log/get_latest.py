@@ -249,9 +249,10 @@ class Exporter:
             if self.metrics and cp.seq:
                 self.metrics.checkpoint = cp
             cp, version = self._adopt(cp, version)
-            as_of = utcnow()
-            until_s = int(as_of.timestamp()) - self.config.settle_s
             scopes = self.scopes()
+            # Read up to now as Atlas's clock has it, if that is behind ours (a fast local clock must not move the
+            # watermark past seconds Atlas has not lived yet), minus --settle.
+            until_s = int(time.time() + self.client.server_clock_offset_s) - self.config.settle_s
             result.scopes = len(scopes)
             self._export(scopes, cp, version, until_s, result)
         except CheckpointConflict as exc:
