@@ -6,8 +6,9 @@ import email.utils
 import time
 from pathlib import Path
 
-from atlas_log.atlas_api import AtlasClient
 from conftest import StartSim, exporter_config
+
+from atlas_log.atlas_api import AtlasClient
 
 
 def test_a_server_clock_behind_ours_pulls_the_read_limit_back(start_sim: StartSim, tmp_path: Path) -> None:

@@ -135,3 +135,23 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     proc = run_cli("demo", "--output", str(tmp_path / "demo"), "--cycles", "2", "--interval", "0.5")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "lost=0 duplicated=0" in proc.stdout
+
+
+def test_config_file_supplies_options_and_flags_win(start_sim: StartSim, tmp_path: Path) -> None:
+    sim = start_sim(projects_per_org=1, events=120)
+    out = tmp_path / "from-file"
+    config = tmp_path / "atlas-log.toml"
+    config.write_text(f'output = "{tmp_path / "ignored"}"\natlas-url = "{sim.base_url}"\nlookback = "2m"\n')
+    proc = run_cli("run", "--once", "--config", str(config), "--output", str(out), env=sim_env(sim))
+    assert proc.returncode == 0, proc.stderr
+    assert_exactly_once(sim, LocalSink(out))
+    assert not (tmp_path / "ignored").exists()
+
+
+def test_config_file_with_an_unknown_key_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('outptu = "/tmp/x"\n')
+    proc = run_cli("run", "--once", "--config", str(config), env={})
+    assert proc.returncode == 2
+    assert "unknown setting 'outptu'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -248,3 +248,24 @@ def test_server_side_encryption_is_requested_on_every_object(
         assert head["ServerSideEncryption"] == sse
         if key.endswith(".jsonl.gz"):
             assert head["ContentType"] == "application/x-ndjson"
+
+
+def test_include_and_exclude_by_name_and_id(start_sim: StartSim, tmp_path: Path) -> None:
+    sim = start_sim(orgs=2, projects_per_org=2, events=800)
+    orgs, projects = sim.orgs(), sim.projects()
+    keep_org = orgs[0]
+    in_org = [p for p in projects if p["orgId"] == keep_org["id"]]
+    dropped_project = in_org[0]
+    export(
+        sim,
+        tmp_path,
+        include_org=[keep_org["name"]],
+        exclude_project=[dropped_project["id"]],
+        org_events=False,
+    )
+    events, _, _ = stored_events(LocalSink(tmp_path))
+    groups = {e.get("groupId") for e in events}
+    assert groups == {p["id"] for p in in_org[1:]}
+    # Project-feed events carry groupId and no orgId (org-feed events carry orgId).
+    expected = {e["id"] for e in sim.ground_truth() if e.get("groupId") in groups and "orgId" not in e}
+    assert sorted(e["id"] for e in events) == sorted(expected)
