@@ -204,6 +204,10 @@ def demo(output: str, cycles: int, interval_s: float) -> None:
 
 
 def _register_optional_commands() -> None:
+    from atlas_log.ops_cli import health, status, verify
+
+    for command in (status, verify, health):
+        cli.add_command(command)
     try:
         from atlas_log.simulator.cli import simulate
     except ImportError:  # pragma: no cover - the simulator ships with the package

@@ -43,6 +43,7 @@ from atlas_log.errors import (
     CheckpointError,
     DestinationError,
 )
+from atlas_log.health import record_success
 from atlas_log.high_watermark import (
     Checkpoint,
     EventKey,
@@ -52,6 +53,7 @@ from atlas_log.high_watermark import (
     advance,
 )
 from atlas_log.metrics import Metrics
+from atlas_log.progress import Progress
 from atlas_log.reader import CHUNK_EVENTS, Chunk, read_scope
 from atlas_log.write_events import (
     STATE_DIR,
@@ -100,7 +102,7 @@ def load_checkpoint(sink: Sink, key: str, *, now: datetime | None = None) -> tup
     except (ValueError, UnicodeDecodeError) as exc:
         raise CheckpointError(
             f"the checkpoint {sink.describe().rstrip('/')}/{key} is damaged ({exc}); refusing to guess what was "
-            "exported. Restore it from a backup or object version, or rebuild it with `atlas-log verify`"
+            "exported. Restore it from a backup or an earlier object version (see docs/operations.md)"
         ) from None
     return cp, version
 
@@ -262,6 +264,7 @@ class Exporter:
         result.duration_s = time.monotonic() - started
         if not result.conflict and not result.failures:
             self.last_success = utcnow()
+            _touch_health(self.last_success)
         if self.metrics:
             self.metrics.on_cycle(result, retries=self.client.retries - retries_before)
         return result
@@ -300,6 +303,9 @@ class Exporter:
 
         def work(scope: Scope) -> None:
             error: Exception | None = None
+            if self.stop.is_set():  # stopping (SIGTERM, a Lambda deadline): start no new scope
+                chunks.put(_Done(scope, None))
+                return
             state = cp.scopes.get(scope.key)
             wm = state.watermark if state else Watermark()
             try:
@@ -311,6 +317,7 @@ class Exporter:
                     lookback_s=cfg.lookback_s,
                     since_s=since_s,
                     chunk_events=self.chunk_events,
+                    on_total=lambda total: progress.add_estimate(scope.key, total),
                 ):
                     while not abort.is_set():
                         try:
@@ -334,6 +341,7 @@ class Exporter:
                         return
 
         batch = _Batch(cp, version)
+        progress = Progress(description=f"exporting {len(scopes)} scopes")
         pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="atlas-read")
         try:
             for scope in scopes:
@@ -361,6 +369,7 @@ class Exporter:
                         self.failing_scopes.pop(item.scope.key, None)
                     continue
                 batch.add(item, cfg)
+                progress.advance(pages=item.pages, events=len(item.events))
                 if batch.writer.events >= cfg.max_events_per_object:
                     self._commit(batch, result, heartbeat_all=False)
                     batch = _Batch(batch.cp, batch.version)
@@ -368,6 +377,7 @@ class Exporter:
         finally:
             abort.set()
             pool.shutdown(wait=True, cancel_futures=True)
+            progress.close()
 
     def _commit(self, batch: _Batch, result: CycleResult, *, heartbeat_all: bool) -> None:
         """Store the batch as one object and move the watermarks: pending -> create-only write -> CAS."""
@@ -429,6 +439,7 @@ class Exporter:
             raise CheckpointConflict(f"object {key} was written by another run")
         new_cp = apply_heartbeats(cp, heartbeats, seq=seq, key=key)
         batch.version = save_checkpoint(self.sink, self.cp_key, new_cp, version)
+        _touch_health(utcnow())  # progress counts as alive: a long first backfill must not fail a liveness probe
         batch.cp = new_cp
         events = sum(e.count for e in lines)
         result.events += events
@@ -474,6 +485,14 @@ class _Batch:
         entry.count += len(lines)
         handled: list[EventKey] = [k for k, _ in chunk.events]
         entry.watermark = advance(entry.watermark, handled, lookback_s=cfg.lookback_s, read_until_s=chunk.read_until_s)
+
+
+def _touch_health(when: datetime) -> None:
+    """Record liveness in ``$ATLAS_LOG_HEALTH_FILE`` (for container health checks), if it is set."""
+    try:
+        record_success(when)
+    except OSError as exc:
+        log.warning("cannot write the health file: %s", exc)
 
 
 # ------------------------------------------------------------------------------------------------ the loop

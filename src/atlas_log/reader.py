@@ -10,7 +10,7 @@ and the window up to that second is read whole.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -108,12 +108,15 @@ def read_scope(
     lookback_s: int,
     since_s: int,
     chunk_events: int = CHUNK_EVENTS,
+    on_total: Callable[[int], None] | None = None,
 ) -> Iterator[Chunk]:
     """Yield the scope's new events in chunks, oldest first; the last chunk's ``read_until_s`` is ``until_s``."""
     lo_s = query_start_s(wm, lookback_s=lookback_s, since_s=since_s)
     if until_s < lo_s:
         return
     first = client.get_events(scope, min_date=_dt(lo_s), max_date=_dt(until_s), page_num=1)
+    if on_total is not None and first.total_count is not None:
+        on_total(first.total_count)
     remaining = first.total_count
     if not first.full or remaining is None or remaining <= chunk_events:
         found, pages, outside = _read_whole(client, scope, lo_s, until_s, first)
