@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 
 
@@ -16,7 +16,7 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> float:
         raise ValueError(f"{text!r} is not a duration; write it like 90s, 5m, 12h or 30d")
     seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
     if seconds < 0 or (seconds == 0 and not allow_zero):
-        raise ValueError(f"{text!r} must be greater than zero")
+        raise ValueError(f"{text!r} must be {'zero or more' if allow_zero else 'greater than zero'}")
     return seconds
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import random
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping
@@ -117,6 +118,7 @@ class ServiceAccountAuth(httpx.Auth):
                     timeout=self._timeout_s,
                 )
             except httpx.TransportError as exc:
+                _raise_if_tls_failure(exc, self._token_url)
                 wait = _backoff(attempt)
                 log.warning("service-account token request failed (%s); retrying in %.1fs", type(exc).__name__, wait)
                 time.sleep(wait)
@@ -248,6 +250,20 @@ def _retry_after(value: str | None) -> float | None:
     return seconds
 
 
+def _raise_if_tls_failure(exc: BaseException, url: str) -> None:
+    """A certificate that does not verify is not transient: stop at once and say how to fix it."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(cause):
+            detail = getattr(cause, "verify_message", None) or str(cause)
+            raise AtlasApiError(
+                f"TLS certificate verification failed for {url} ({detail}): if it uses a private CA, pass that "
+                "CA's certificate with --ca-bundle (verification is always on)"
+            ) from None
+        cause = cause.__cause__ or cause.__context__
+    return
+
+
 def _describe_error(resp: httpx.Response) -> str:
     """`403 IP_ADDRESS_NOT_ON_ACCESS_LIST: detail` from an Atlas error body, or a short note on what came instead."""
     code = resp.headers.get("X-Error-Code")
@@ -329,6 +345,7 @@ class AtlasClient:
             except httpx.TimeoutException:
                 status, last_problem = 0, "timed out"
             except httpx.TransportError as exc:
+                _raise_if_tls_failure(exc, self._base)
                 status, last_problem = 0, f"connection failed ({type(exc).__name__})"
             else:
                 status = resp.status_code

@@ -282,6 +282,10 @@ class Exporter:
         """No checkpoint but exported objects: someone lost the checkpoint. Never silently start again."""
         for existing in self.sink.list_keys("dt="):
             if shard_tag(self.config) in existing.rsplit("/", 1)[-1]:
+                if self.sink.load_versioned(self.cp_key) is not None:
+                    # A concurrent first run saved its checkpoint (and wrote an object) after we looked: a race,
+                    # not a loss. Start the cycle again from its checkpoint.
+                    raise CheckpointConflict("another run created the checkpoint while this one started")
                 raise CheckpointError(
                     f"{self.sink.describe()} holds exported objects ({existing}, ...) but no checkpoint at "
                     f"{self.cp_key}: exporting again would duplicate them. Restore the checkpoint, or point "
@@ -510,7 +514,15 @@ def run(
         port = config.metrics_port if (config.metrics_port is not None or once) else DEFAULT_METRICS_PORT
         metrics = Metrics() if port is not None else None
         if metrics is not None and port is not None:
-            metrics.serve(port)
+            try:
+                metrics.serve(port)
+            except OSError as exc:
+                log.error(
+                    "cannot serve metrics on port %d (%s): choose another with --metrics-port",
+                    port,
+                    exc.strerror or exc,
+                )
+                return 2
         exporter = Exporter(config, stop=stop, metrics=metrics)
     exporter.stop = stop
     cycles = 0

@@ -115,6 +115,7 @@ class TokenIssuer:
         self.client_secret = client_secret
         self.ttl_s = ttl_s
         self._tokens: dict[str, float] = {}
+        self._issued: list[str] = []
         self._lock = threading.Lock()
 
     def check_basic(self, header: str) -> str | None:
@@ -136,7 +137,13 @@ class TokenIssuer:
             now = time.time()
             self._tokens = {t: exp for t, exp in self._tokens.items() if exp > now}
             self._tokens[token] = now + self.ttl_s
+            self._issued.append(token)
         return token, round(self.ttl_s)
+
+    def issued(self) -> list[str]:
+        """Every token ever issued, expired or not (tests search logs and objects for them)."""
+        with self._lock:
+            return list(self._issued)
 
     def verify(self, header: str) -> AuthOutcome:
         token = header[7:].strip()

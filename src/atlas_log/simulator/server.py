@@ -9,9 +9,11 @@ import random
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -130,13 +132,17 @@ class FaultQueue:
     items: deque[list[Any]] = field(default_factory=deque)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def push(self, fault: Fault, count: int, path_contains: str | None) -> None:
+    def push(self, fault: Fault | CustomResponse, count: int, path_contains: str | None) -> None:
         if count < 1:
             return
         with self.lock:
             self.items.append([fault, count, path_contains])
 
-    def pop_for(self, path: str) -> Fault | None:
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+
+    def pop_for(self, path: str) -> Fault | CustomResponse | None:
         with self.lock:
             for item in self.items:
                 fault, _, needle = item
@@ -146,6 +152,44 @@ class FaultQueue:
                     if item[1] <= 0:
                         self.items.remove(item)
                     return fault  # type: ignore[no-any-return]
+        return None
+
+
+@dataclass(frozen=True)
+class CustomResponse:
+    """An arbitrary answer served instead of the normal one (bad-input tests: HTML pages, wrong shapes...)."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Rewrite = Callable[[dict[str, Any]], "dict[str, Any] | bytes"]
+
+
+@dataclass
+class RewriteQueue:
+    """One-shot rewrites of a successful list answer (FIFO), applied after authentication and routing."""
+
+    items: deque[list[Any]] = field(default_factory=deque)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def push(self, fn: Rewrite, count: int, path_contains: str | None) -> None:
+        if count < 1:
+            return
+        with self.lock:
+            self.items.append([fn, count, path_contains])
+
+    def pop_for(self, path: str) -> Rewrite | None:
+        with self.lock:
+            for item in self.items:
+                fn, _, needle = item
+                if needle is None or needle in path:
+                    item[1] -= 1
+                    if item[1] <= 0:
+                        self.items.remove(item)
+                    return fn  # type: ignore[no-any-return]
         return None
 
 
@@ -187,6 +231,13 @@ class SimulatorServer(ThreadingHTTPServer):
         self.app = app
         super().__init__(address, Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets or vanishes (killed exporters, fault tests) is normal here, not worth a traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
 
 class App:
     """Everything a request needs: the store, auth, limits, faults and stats."""
@@ -198,6 +249,7 @@ class App:
         self.tokens = TokenIssuer(config.client_id, config.client_secret, config.token_ttl_s)
         self.limiter = RateLimiter(config.rate_limit_scale)
         self.faults = FaultQueue()
+        self.rewrites = RewriteQueue()
         self.stats = Stats()
         self.fault_rng = random.Random(config.seed ^ 0xFA17)
         self.fault_lock = threading.Lock()
@@ -222,7 +274,7 @@ class App:
             out.append(store.render(scope, key, meta, base))
         return out
 
-    def pick_fault(self, path: str) -> Fault | None:
+    def pick_fault(self, path: str) -> Fault | CustomResponse | None:
         queued = self.faults.pop_for(path)
         if queued is not None:
             return queued
@@ -316,9 +368,14 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     # ---------------------------------------------------------------- faults
-    def _serve_fault(self, fault: Fault, route: str, started: float) -> bool:
+    def _serve_fault(self, fault: Fault | CustomResponse, route: str, started: float) -> bool:
         """Serve a fault; True when the request is fully answered (or dropped)."""
         app = self.server.app
+        if isinstance(fault, CustomResponse):
+            with app.stats.lock:
+                app.stats.faults["CUSTOM"] += 1
+            self._send(fault.status, fault.body, fault.content_type, list(fault.headers), route, started)
+            return True
         with app.stats.lock:
             app.stats.faults[fault.value] += 1
         if fault is Fault.LATENCY_SPIKE:
@@ -539,7 +596,17 @@ class Handler(BaseHTTPRequestHandler):
             body = {"links": links, "results": results, "totalCount": total if include_count else 0}
             if envelope:
                 body["status"] = 200
-        data = json.dumps(body, indent=2 if pretty else None, separators=None if pretty else (",", ":")).encode()
+        rewrite = app.rewrites.pop_for(urlsplit(self.path).path)
+        if rewrite is not None:
+            with app.stats.lock:
+                app.stats.faults["REWRITE"] += 1
+            rewritten = rewrite(body)
+            if isinstance(rewritten, bytes):
+                data = rewritten
+            else:
+                body = rewritten
+        if rewrite is None or not isinstance(rewritten, bytes):
+            data = json.dumps(body, indent=2 if pretty else None, separators=None if pretty else (",", ":")).encode()
         headers = [("X-Java-Method", route.java_method), *rl_headers]
         if served:
             with app.stats.lock:

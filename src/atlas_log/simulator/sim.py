@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import Any
 
 from atlas_log.simulator.config import Fault, SimulatorConfig
-from atlas_log.simulator.server import App, SimulatorServer
+from atlas_log.simulator.server import App, CustomResponse, Rewrite, SimulatorServer
 from atlas_log.simulator.store import EventStore
 
 
@@ -99,6 +99,45 @@ class Simulator:
         the text (so `/api/oauth/token` can be targeted too).
         """
         self.app.faults.push(fault, count, path_contains)
+
+    def inject_response(
+        self,
+        status: int,
+        body: bytes | str,
+        *,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+        count: int = 1,
+        path_contains: str | None = None,
+    ) -> None:
+        """Serve this exact answer to the next `count` matching requests (before authentication, like a proxy)."""
+        raw = body.encode() if isinstance(body, str) else body
+        response = CustomResponse(status, raw, content_type, tuple((headers or {}).items()))
+        self.app.faults.push(response, count, path_contains)
+
+    def inject_rewrite(self, fn: Rewrite, *, count: int = 1, path_contains: str | None = None) -> None:
+        """Rewrite the next `count` successful answers whose path contains the text (all API paths if None).
+
+        `fn` gets the JSON body about to be sent (`links`, `results`, `totalCount`) and returns a new body, or bytes
+        to send as they are: lying counts, oversize pages, looping links, bad events, invalid UTF-8.
+        """
+        self.app.rewrites.push(fn, count, path_contains)
+
+    def clear_faults(self) -> None:
+        """Drop every queued fault, custom answer and rewrite, and stop random faults."""
+        self.app.faults.clear()
+        with self.app.rewrites.lock:
+            self.app.rewrites.items.clear()
+        self.config.fault_rate = 0.0
+
+    def all_events(self) -> list[dict[str, Any]]:
+        """Every event ever held, also those of deleted projects and scopes whose access was revoked."""
+        store = self.store
+        return [e for s in store.orgs + store.projects for e in store.render_all(s, self.app.base_url)]
+
+    def issued_tokens(self) -> list[str]:
+        """Every service-account access token issued so far."""
+        return self.app.tokens.issued()
 
     def delete_project(self, group_id: str) -> None:
         """The project is gone: 404 GROUP_NOT_FOUND, absent from listings; its org feed gets GROUP_DELETED."""
