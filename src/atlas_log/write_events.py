@@ -65,9 +65,17 @@ class Sink(Protocol):
 
 # ------------------------------------------------------------------------------------------- the object format
 class ObjectWriter:
-    """Builds one object: events streamed through gzip as they come, so memory holds compressed bytes only."""
+    """Builds one object: events streamed through gzip as they come, so memory holds compressed bytes only.
 
-    def __init__(self, level: int = 6) -> None:
+    Lines wait in a short list (about 256 KiB) and are joined and compressed in one call: one copy per line (the
+    join), no per-line concatenation, and zlib sees large inputs. ``level`` trades CPU for size: at the default 3,
+    deflate runs about three times as fast as at 6 on Atlas events, for objects about a quarter larger
+    (docs/benchmarks.md).
+    """
+
+    FLUSH_BYTES = 256 * 1024
+
+    def __init__(self, level: int = 3) -> None:
         self._compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip container
         self._chunks: list[bytes] = []
         self._pending: list[bytes] = []
@@ -75,16 +83,17 @@ class ObjectWriter:
         self.events = 0
         self.raw_bytes = 0
 
-    def _push(self, data: bytes) -> None:
-        self._pending.append(data)
-        self._pending_len += len(data)
-        self.raw_bytes += len(data)
-        if self._pending_len >= 256 * 1024:
+    def _push(self, line: bytes) -> None:
+        self._pending.append(line)
+        self._pending_len += len(line) + 1
+        self.raw_bytes += len(line) + 1
+        if self._pending_len >= self.FLUSH_BYTES:
             self._flush_pending()
 
     def _flush_pending(self) -> None:
         if self._pending:
-            out = self._compressor.compress(b"".join(self._pending))
+            self._pending.append(b"")  # the last line's newline
+            out = self._compressor.compress(b"\n".join(self._pending))
             if out:
                 self._chunks.append(out)
             self._pending.clear()
@@ -92,11 +101,21 @@ class ObjectWriter:
 
     def add_event(self, line: bytes) -> None:
         """``line``: one event, already serialized as JSON without a trailing newline."""
-        self._push(line + b"\n")
+        self._push(line)
         self.events += 1
 
+    def add_events(self, lines: list[bytes]) -> None:
+        """Many events at once (each serialized, no trailing newline), oldest first."""
+        size = sum(map(len, lines)) + len(lines)
+        self._pending.extend(lines)
+        self._pending_len += size
+        self.raw_bytes += size
+        self.events += len(lines)
+        if self._pending_len >= self.FLUSH_BYTES:
+            self._flush_pending()
+
     def add_json(self, record: dict[str, Any]) -> None:
-        self._push(dump_line(record) + b"\n")
+        self._push(dump_line(record))
 
     def finish(self) -> bytes:
         self._flush_pending()
@@ -106,9 +125,17 @@ class ObjectWriter:
         return body
 
 
+# One encoder for every line: ``json.dumps`` with options builds a new JSONEncoder on each call.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def dump_line(record: dict[str, Any]) -> bytes:
     """One JSON line: compact, UTF-8, keys in the order Atlas sent them."""
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        return _encode(record).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate ("\ud800" is valid JSON but has no UTF-8 form): keep it as the escape Atlas sent.
+        return json.dumps(record, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def append_heartbeat(
