@@ -15,10 +15,10 @@ The watermark never moves past an event that is not in a stored object. ``docs/g
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
-import queue
 import random
 import signal
 import socket
@@ -60,7 +60,6 @@ from atlas_log.write_events import (
     ObjectWriter,
     Sink,
     append_heartbeat,
-    dump_line,
     object_key,
     open_sink,
     read_heartbeats,
@@ -302,8 +301,7 @@ class Exporter:
     ) -> None:
         cfg = self.config
         since_s = int(cfg.since.timestamp())
-        chunks: queue.Queue[Chunk | _Done] = queue.Queue(maxsize=max(2, cfg.concurrency * 2))
-        abort = threading.Event()
+        chunks = _Handoff(budget_events=2 * self.chunk_events)
 
         def work(scope: Scope) -> None:
             error: Exception | None = None
@@ -323,26 +321,14 @@ class Exporter:
                     chunk_events=self.chunk_events,
                     on_total=lambda total: progress.add_estimate(scope.key, total),
                 ):
-                    while not abort.is_set():
-                        try:
-                            chunks.put(chunk, timeout=0.5)
-                            break
-                        except queue.Full:
-                            continue
-                    if abort.is_set() or self.stop.is_set():
+                    if not chunks.put(chunk) or self.stop.is_set():
                         break
             except AtlasLogError as exc:
                 error = exc
             except Exception as exc:  # a bug must not hang the writer: report it as this scope's failure
                 log.exception("unexpected error reading %s", scope.describe())
                 error = exc
-            while True:
-                try:
-                    chunks.put(_Done(scope, error), timeout=0.5)
-                    return
-                except queue.Full:
-                    if abort.is_set():
-                        return
+            chunks.put(_Done(scope, error))
 
         batch = _Batch(cp, version)
         progress = Progress(description=f"exporting {len(scopes)} scopes")
@@ -373,13 +359,13 @@ class Exporter:
                         self.failing_scopes.pop(item.scope.key, None)
                     continue
                 batch.add(item, cfg)
-                progress.advance(pages=item.pages, events=len(item.events))
+                progress.advance(pages=item.pages, events=item.count)
                 if batch.writer.events >= cfg.max_events_per_object:
                     self._commit(batch, result, heartbeat_all=False)
                     batch = _Batch(batch.cp, batch.version)
             self._commit(batch, result, heartbeat_all=True)
         finally:
-            abort.set()
+            chunks.abort()
             pool.shutdown(wait=True, cancel_futures=True)
             progress.close()
 
@@ -457,6 +443,49 @@ class Exporter:
         log.info("stored %s events=%d bytes=%d scopes=%d", key, events, len(body), len(lines))
 
 
+class _Handoff:
+    """Chunks from the readers to the writer, with at most ``budget_events`` events waiting at once.
+
+    Reading outruns writing in a backfill; bounding by events (not by chunks) keeps memory flat whatever the
+    concurrency. A chunk larger than the budget still passes, alone. ``_Done`` markers always pass.
+    """
+
+    def __init__(self, budget_events: int) -> None:
+        self._budget = budget_events
+        self._cond = threading.Condition()
+        self._items: collections.deque[Chunk | _Done] = collections.deque()
+        self._waiting = 0
+        self._aborted = False
+
+    def put(self, item: Chunk | _Done) -> bool:
+        """Hand over ``item``; False when the writer gave up (the reader should stop)."""
+        size = item.count if isinstance(item, Chunk) else 0
+        with self._cond:
+            while size and self._waiting and self._waiting + size > self._budget and not self._aborted:
+                self._cond.wait()
+            if self._aborted:
+                return False
+            self._items.append(item)
+            self._waiting += size
+            self._cond.notify_all()
+            return True
+
+    def get(self) -> Chunk | _Done:
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            item = self._items.popleft()
+            if isinstance(item, Chunk):
+                self._waiting -= item.count
+            self._cond.notify_all()
+            return item
+
+    def abort(self) -> None:
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
+
+
 @dataclass
 class _Entry:
     scope_json: dict[str, str]
@@ -484,10 +513,10 @@ class _Batch:
             )
             self.touched[scope.key] = entry
         wants = cfg.filters.wants_event_type
-        lines = [dump_line(event) for _key, event in chunk.events if wants(event["eventTypeName"])]
+        lines = chunk.lines(wants)
         (write_org_events if scope.kind == "org" else write_group_events)(self.writer, lines)
         entry.count += len(lines)
-        handled: list[EventKey] = [k for k, _ in chunk.events]
+        handled: list[EventKey] = list(chunk.keys())
         entry.watermark = advance(entry.watermark, handled, lookback_s=cfg.lookback_s, read_until_s=chunk.read_until_s)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from atlas_log._time import format_atlas_time, parse_atlas_time
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventKey:
     """The two fields of an event the watermark looks at."""
 

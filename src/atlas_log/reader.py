@@ -10,31 +10,81 @@ and the window up to that second is read whole.
 from __future__ import annotations
 
 import logging
+import sys
+import tempfile
+from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 
 from atlas_log._time import parse_atlas_time
 from atlas_log.atlas_api import AtlasClient, Scope, ensure_no_missing_history
 from atlas_log.errors import AtlasApiError
 from atlas_log.high_watermark import EventKey, Watermark, advance, is_new, query_start_s
+from atlas_log.write_events import dump_line
 
 log = logging.getLogger(__name__)
 
-CHUNK_EVENTS = 10_000
+CHUNK_EVENTS = 8_000  # events held per scope mid-backfill: memory against one probe request per chunk
+CHUNK_SLACK = 100  # aim a little under a whole number of pages, so a chunk ends on a nearly full one
 MAX_PAGES = 100_000  # a window this long is a paging loop, not history
+
+
+SPOOL_IN_MEMORY_BYTES = 1 << 20
 
 
 @dataclass
 class Chunk:
-    """New events of one scope, oldest first, for a window read whole up to ``read_until_s``."""
+    """New events of one scope, for a window read whole up to ``read_until_s``.
+
+    Memory per event is kept small, since many scopes are mid-chunk at once in a backfill: the lines to store wait
+    in a spool (memory up to 1 MiB, then a temporary file), and the rest sits in flat arrays (the id, ``created``,
+    the interned type, and where the line lies in the spool). ``order`` lists the events oldest first.
+    """
 
     scope: Scope
-    events: list[tuple[EventKey, dict[str, Any]]]
     read_until_s: int
     pages: int = 0
-    ignored_outside_window: int = 0
+    ids: list[str] = field(default_factory=list)
+    types: list[str] = field(default_factory=list)
+    created: array[int] = field(default_factory=lambda: array("q"))
+    offsets: array[int] = field(default_factory=lambda: array("q"))
+    order: array[int] = field(default_factory=lambda: array("q"))
+    spool: IO[bytes] | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    def add(self, event_id: str, created: int, event_type: str, line: bytes) -> None:
+        assert self.spool is not None
+        self.offsets.append(self.spool.tell())
+        self.spool.write(line)
+        self.ids.append(event_id)
+        self.types.append(sys.intern(event_type))
+        self.created.append(created)
+
+    def seal(self) -> None:
+        """Fix the order, oldest first (ties by id), once every event is in."""
+        if self.spool is not None:
+            self.offsets.append(self.spool.tell())
+        ids, created = self.ids, self.created
+        self.order = array("q", sorted(range(len(ids)), key=lambda i: (created[i], ids[i])))
+
+    def keys(self) -> Iterator[EventKey]:
+        return (EventKey(self.ids[i], self.created[i]) for i in self.order)
+
+    def lines(self, wanted: Callable[[str], bool]) -> list[bytes]:
+        """The stored lines of the events whose type is ``wanted``, oldest first; frees the spool."""
+        if self.spool is None:
+            return []
+        self.spool.seek(0)
+        data = memoryview(self.spool.read())
+        self.spool.close()
+        self.spool = None
+        offsets, types = self.offsets, self.types
+        return [bytes(data[offsets[i] : offsets[i + 1]]) for i in self.order if wanted(types[i])]
 
 
 def created_s(event: dict[str, Any]) -> int:
@@ -46,57 +96,55 @@ def _dt(epoch_s: int) -> datetime:
 
 
 def _read_whole(
-    client: AtlasClient, scope: Scope, lo_s: int, hi_s: int, first: Any = None
-) -> tuple[dict[str, dict[str, Any]], int, int]:
-    """Every event in ``[lo, hi]`` by id; also the number of pages and of events Atlas sent outside the window."""
-    seen: dict[str, dict[str, Any]] = {}
+    client: AtlasClient, scope: Scope, wm: Watermark, lo_s: int, hi_s: int, lookback_s: int, first: Any = None
+) -> tuple[Chunk, int]:
+    """A chunk of the new events in ``[lo, hi]``, oldest first, each id once; also the number of ids read.
+
+    Events already exported are dropped as their page arrives: only their ids are kept, to de-duplicate.
+    """
+    seen: set[str] = set()
+    spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)  # noqa: SIM115 (handed on)
+    chunk = Chunk(scope=scope, read_until_s=hi_s, spool=spool)
     outside = 0
     page_num = 1
     total: int | None = None
-    while True:
-        page = (
-            first
-            if (page_num == 1 and first is not None)
-            else client.get_events(scope, min_date=_dt(lo_s), max_date=_dt(hi_s), page_num=page_num)
-        )
-        if page_num == 1:
-            total = page.total_count
-        fresh = 0
-        for event in page.events:
-            if event["id"] in seen:
-                continue
-            when = created_s(event)
-            if when < lo_s or when > hi_s:
-                outside += 1
-                continue
-            seen[event["id"]] = event
-            fresh += 1
-        if not page.full:
-            break
-        if fresh == 0 and page.events and all(e["id"] in seen for e in page.events):
-            raise AtlasApiError(f"paging loop for {scope.describe()}: page {page_num} repeats events already read")
-        page_num += 1
-        if page_num > MAX_PAGES:
-            raise AtlasApiError(f"paging loop for {scope.describe()}: more than {MAX_PAGES} pages")
-    ensure_no_missing_history(scope, read=len(seen) + outside, total_count=total)
-    return seen, page_num, outside
-
-
-def _chunk(
-    scope: Scope,
-    wm: Watermark,
-    found: dict[str, dict[str, Any]],
-    hi_s: int,
-    pages: int,
-    outside: int,
-    lookback_s: int,
-) -> Chunk:
-    keyed = [(EventKey(event_id, created_s(event)), event) for event_id, event in found.items()]
-    fresh = [(k, e) for k, e in keyed if is_new(wm, k, lookback_s=lookback_s)]
-    fresh.sort(key=lambda pair: (pair[0].created_s, pair[0].id))
+    try:
+        while True:
+            page = (
+                first
+                if (page_num == 1 and first is not None)
+                else client.get_events(scope, min_date=_dt(lo_s), max_date=_dt(hi_s), page_num=page_num)
+            )
+            if page_num == 1:
+                total = page.total_count
+            fresh = 0
+            for event in page.events:
+                event_id = event["id"]
+                if event_id in seen:
+                    continue
+                seen.add(event_id)
+                fresh += 1
+                key = EventKey(event_id, created_s(event))
+                if key.created_s < lo_s or key.created_s > hi_s:
+                    outside += 1
+                elif is_new(wm, key, lookback_s=lookback_s):
+                    chunk.add(event_id, key.created_s, event["eventTypeName"], dump_line(event))
+            if not page.full:
+                break
+            if fresh == 0:
+                raise AtlasApiError(f"paging loop for {scope.describe()}: page {page_num} repeats events already read")
+            page_num += 1
+            if page_num > MAX_PAGES:
+                raise AtlasApiError(f"paging loop for {scope.describe()}: more than {MAX_PAGES} pages")
+    except BaseException:
+        spool.close()
+        raise
+    ensure_no_missing_history(scope, read=len(seen), total_count=total)
     if outside:
         log.warning("%s: Atlas sent %d events outside the requested window; ignored", scope.describe(), outside)
-    return Chunk(scope=scope, events=fresh, read_until_s=hi_s, pages=pages, ignored_outside_window=outside)
+    chunk.seal()
+    chunk.pages = page_num
+    return chunk, len(seen)
 
 
 def read_scope(
@@ -119,8 +167,7 @@ def read_scope(
         on_total(first.total_count)
     remaining = first.total_count
     if not first.full or remaining is None or remaining <= chunk_events:
-        found, pages, outside = _read_whole(client, scope, lo_s, until_s, first)
-        yield _chunk(scope, wm, found, until_s, pages, outside, lookback_s)
+        yield _read_whole(client, scope, wm, lo_s, until_s, lookback_s, first)[0]
         return
     log.info(
         "%s: about %d events to read; reading in chunks of about %d, oldest first",
@@ -131,26 +178,26 @@ def read_scope(
     local_wm = wm
     while True:
         if remaining <= chunk_events:
-            found, pages, outside = _read_whole(client, scope, lo_s, until_s)
-            yield _chunk(scope, local_wm, found, until_s, pages, outside, lookback_s)
+            yield _read_whole(client, scope, local_wm, lo_s, until_s, lookback_s)[0]
             return
         probe = client.get_events(
             scope,
             min_date=_dt(lo_s),
             max_date=_dt(until_s),
-            page_num=remaining - chunk_events + 1,
+            page_num=remaining - max(1, chunk_events - CHUNK_SLACK) + 1,
             items_per_page=1,
         )
         if not probe.events:  # the estimate was too high: what is left is small enough
             remaining = 0
             continue
         cut_s = max(lo_s, min(until_s, created_s(probe.events[0])))
-        found, pages, outside = _read_whole(client, scope, lo_s, cut_s)
-        chunk = _chunk(scope, local_wm, found, cut_s, pages + 1, outside, lookback_s)
+        chunk, read = _read_whole(client, scope, local_wm, lo_s, cut_s, lookback_s)
+        chunk.pages += 1  # the probe
+        keys = list(chunk.keys())
         yield chunk
-        local_wm = advance(local_wm, (k for k, _ in chunk.events), lookback_s=lookback_s, read_until_s=cut_s)
+        local_wm = advance(local_wm, keys, lookback_s=lookback_s, read_until_s=cut_s)
         total_now = probe.total_count if probe.total_count is not None else remaining
-        remaining = max(0, total_now - len(found))
+        remaining = max(0, total_now - read)
         if cut_s >= until_s:
             return
         lo_s = cut_s + 1

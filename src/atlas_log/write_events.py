@@ -457,8 +457,7 @@ def open_sink(config: Config) -> Sink:
 
 def write_scope_events(writer: ObjectWriter, lines: list[bytes]) -> None:
     """Append one scope's new events (serialized, oldest first) to the object being built."""
-    for line in lines:
-        writer.add_event(line)
+    writer.add_events(lines)
 
 
 # The seed's names: organization and project events go through the same path into one object per cycle.
