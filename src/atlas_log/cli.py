@@ -92,7 +92,7 @@ def common_options(fn: F) -> F:
         ),
         click.option("--timeout", envvar="ATLAS_LOG_TIMEOUT", help="HTTP timeout (default 30s)."),
         click.option(
-            "--concurrency", type=int, envvar="ATLAS_LOG_CONCURRENCY", help="Scopes read at once (default 8)."
+            "--concurrency", type=int, envvar="ATLAS_LOG_CONCURRENCY", help="Scopes read at once (default 32)."
         ),
         click.option(
             "--max-events-per-object",

@@ -116,7 +116,7 @@ class Config:
     lookback_s: int = 300
     heartbeat_interval_s: float = 300.0
     timeout_s: float = 30.0
-    concurrency: int = 8
+    concurrency: int = 32
     max_events_per_object: int = 50_000
     filters: Filters = Filters()
     sse: str | None = None  # None, "AES256" or "aws:kms"
@@ -320,7 +320,7 @@ def build_config(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -
         lookback_s=int(values["lookback"]),
         heartbeat_interval_s=values["heartbeat_interval"],
         timeout_s=values["timeout"],
-        concurrency=int(raw.get("concurrency") or 8),
+        concurrency=int(raw.get("concurrency") or 32),
         max_events_per_object=int(raw.get("max_events_per_object") or 50_000),
         filters=filters,
         sse=sse,
