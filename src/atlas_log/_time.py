@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -46,6 +47,12 @@ def parse_atlas_time(text: str) -> datetime:
     if parsed.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone; Atlas timestamps are UTC")
     return parsed.astimezone(UTC)
+
+
+@functools.lru_cache(maxsize=8192)
+def atlas_epoch_s(text: str) -> int:
+    """``parse_atlas_time`` as whole epoch seconds, cached: events crowd into few distinct seconds."""
+    return int(parse_atlas_time(text).timestamp())
 
 
 def format_atlas_time(moment: datetime) -> str:

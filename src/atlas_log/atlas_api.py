@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from atlas_log import __version__
-from atlas_log._time import format_atlas_time, parse_atlas_time
+from atlas_log._time import atlas_epoch_s, format_atlas_time
 from atlas_log.config import Config, Credentials
 from atlas_log.errors import AtlasApiError
 
@@ -530,7 +530,7 @@ def _check_event(event: Any, what: str) -> None:
         raise AtlasApiError(f"Atlas returned an event without a valid 'id' in {what}: {str(event_id)[:40]!r}")
     created = event.get("created")
     try:
-        parse_atlas_time(created)  # type: ignore[arg-type]
+        atlas_epoch_s(created)
     except (ValueError, TypeError):
         raise AtlasApiError(
             f"Atlas returned event {event_id} in {what} whose 'created' is not a date: {str(created)[:40]!r}"

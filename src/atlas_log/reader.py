@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from atlas_log._time import parse_atlas_time
+from atlas_log._time import atlas_epoch_s
 from atlas_log.atlas_api import AtlasClient, Scope, ensure_no_missing_history
 from atlas_log.errors import AtlasApiError
 from atlas_log.high_watermark import EventKey, Watermark, advance, is_new, query_start_s
@@ -52,6 +52,7 @@ class Chunk:
     offsets: array[int] = field(default_factory=lambda: array("q"))
     order: array[int] = field(default_factory=lambda: array("q"))
     spool: IO[bytes] | None = None
+    _written: int = 0  # bytes in the spool (counted here: tell() on a file is a system call per event)
 
     @property
     def count(self) -> int:
@@ -59,16 +60,16 @@ class Chunk:
 
     def add(self, event_id: str, created: int, event_type: str, line: bytes) -> None:
         assert self.spool is not None
-        self.offsets.append(self.spool.tell())
+        self.offsets.append(self._written)
         self.spool.write(line)
+        self._written += len(line)
         self.ids.append(event_id)
         self.types.append(sys.intern(event_type))
         self.created.append(created)
 
     def seal(self) -> None:
         """Fix the order, oldest first (ties by id), once every event is in."""
-        if self.spool is not None:
-            self.offsets.append(self.spool.tell())
+        self.offsets.append(self._written)
         ids, created = self.ids, self.created
         self.order = array("q", sorted(range(len(ids)), key=lambda i: (created[i], ids[i])))
 
@@ -88,7 +89,7 @@ class Chunk:
 
 
 def created_s(event: dict[str, Any]) -> int:
-    return int(parse_atlas_time(event["created"]).timestamp())
+    return atlas_epoch_s(event["created"])
 
 
 def _dt(epoch_s: int) -> datetime:
