@@ -69,9 +69,14 @@ class Destination:
 
 
 class Atlas:
-    def __init__(self, url: str) -> None:
+    """A plain client, as a user would write one: Digest, the versioned header, Retry-After. dlt_ref.py shares it."""
+
+    def __init__(self, url: str, connections: int = 1) -> None:
         auth = httpx.DigestAuth(os.environ["MONGODB_ATLAS_PUBLIC_API_KEY"], os.environ["MONGODB_ATLAS_PRIVATE_API_KEY"])
-        self.http = httpx.Client(base_url=url + "/api/atlas/v2", auth=auth, headers={"Accept": ACCEPT}, timeout=60)
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self.http = httpx.Client(
+            base_url=url + "/api/atlas/v2", auth=auth, headers={"Accept": ACCEPT}, timeout=60, limits=limits
+        )
         self.requests = 0
         self.rate_limited = 0
 

@@ -31,49 +31,9 @@ os.environ.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
 
 import importlib
 
-import httpx
-
 dlt: Any = importlib.import_module("dlt")  # an optional extra (`pip install -e '.[bench]'`), so typed as Any here
 
-ACCEPT = "application/vnd.atlas.2023-01-01+json"
-PAGE = 500
-
-
-class Atlas:
-    def __init__(self, url: str, connections: int) -> None:
-        auth = httpx.DigestAuth(os.environ["MONGODB_ATLAS_PUBLIC_API_KEY"], os.environ["MONGODB_ATLAS_PRIVATE_API_KEY"])
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        self.http = httpx.Client(
-            base_url=url + "/api/atlas/v2", auth=auth, headers={"Accept": ACCEPT}, timeout=60, limits=limits
-        )
-        self.requests = 0
-        self.rate_limited = 0
-
-    def get(self, path: str, params: dict[str, Any]) -> Any:
-        for attempt in range(10):
-            self.requests += 1
-            resp = self.http.get(path, params=params)
-            if resp.status_code == 200:
-                return resp.json()
-            if resp.status_code == 429:
-                self.rate_limited += 1
-                time.sleep(float(resp.headers.get("Retry-After", "1")))
-                continue
-            if resp.status_code >= 500:
-                time.sleep(min(30.0, 0.5 * 2**attempt))
-                continue
-            resp.raise_for_status()
-        raise RuntimeError(f"gave up on {path}")
-
-    def list_all(self, path: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        page = 1
-        while True:
-            results = self.get(path, {"itemsPerPage": PAGE, "pageNum": page})["results"]
-            items.extend(results)
-            if len(results) < PAGE:
-                return items
-            page += 1
+from baseline import PAGE, Atlas  # noqa: E402 (after dlt's settings) the same plain client as the baseline
 
 
 def scope_resource(atlas: Atlas, kind: str, scope_id: str, since: str) -> Any:

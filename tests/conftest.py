@@ -40,15 +40,7 @@ def start_sim() -> Iterator[StartSim]:
 
 
 def sim_env(sim: Simulator, *, service_account: bool = False) -> dict[str, str]:
-    if service_account:
-        return {
-            "MONGODB_ATLAS_CLIENT_ID": sim.config.client_id,
-            "MONGODB_ATLAS_CLIENT_SECRET": sim.config.client_secret,
-        }
-    return {
-        "MONGODB_ATLAS_PUBLIC_API_KEY": sim.config.public_key,
-        "MONGODB_ATLAS_PRIVATE_API_KEY": sim.config.private_key,
-    }
+    return sim.credentials_env(service_account=service_account)
 
 
 def exporter_config(sim: Simulator, output: str | Path, **raw: Any) -> Config:

@@ -41,13 +41,9 @@ def run_demo(folder: Path, *, cycles: int = 3, interval_s: float = 2.0) -> int:
             f"simulator: {sim.base_url} ({len(sim.orgs())} org, {len(sim.projects())} projects, "
             f"{len(sim.ground_truth())} events, +{sim_config.rate:g}/s live)"
         )
-        env = {
-            "MONGODB_ATLAS_PUBLIC_API_KEY": sim_config.public_key,
-            "MONGODB_ATLAS_PRIVATE_API_KEY": sim_config.private_key,
-        }
         config = build_config(
             {"atlas_url": sim.base_url, "output": str(folder), "since": "30d", "interval": f"{interval_s}s"},
-            env=env,
+            env=sim.credentials_env(),
         )
         click.echo(f"exporting into {folder}, {cycles} cycles {interval_s:g}s apart")
         exporter = Exporter(config)

@@ -170,6 +170,13 @@ class Simulator:
             self._live_thread = threading.Thread(target=self._live, name="atlas-simulator-live", daemon=True)
             self._live_thread.start()
 
+    def credentials_env(self, *, service_account: bool = False) -> dict[str, str]:
+        """The environment an exporter needs to log in here: the service account, or the API key (Digest)."""
+        cfg = self.config
+        if service_account:
+            return {"MONGODB_ATLAS_CLIENT_ID": cfg.client_id, "MONGODB_ATLAS_CLIENT_SECRET": cfg.client_secret}
+        return {"MONGODB_ATLAS_PUBLIC_API_KEY": cfg.public_key, "MONGODB_ATLAS_PRIVATE_API_KEY": cfg.private_key}
+
     def stats(self) -> dict[str, Any]:
         return self.app.stats.snapshot()
 
