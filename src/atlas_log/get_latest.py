@@ -16,6 +16,7 @@ The watermark never moves past an event that is not in a stored object. ``docs/g
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -114,7 +115,7 @@ def save_checkpoint(sink: Sink, key: str, cp: Checkpoint, version: str | None) -
 
 def apply_heartbeats(cp: Checkpoint, heartbeats: Iterable[dict[str, Any]], *, seq: int, key: str) -> Checkpoint:
     """The checkpoint after the object ``seq`` at ``key`` with these heartbeat lines is stored."""
-    scopes = {k: ScopeState(**{**vars(v)}) for k, v in cp.scopes.items()}
+    scopes = {k: dataclasses.replace(v) for k, v in cp.scopes.items()}
     committed_at = None
     for hb in heartbeats:
         scope = hb.get("scope")
@@ -145,13 +146,20 @@ def apply_heartbeats(cp: Checkpoint, heartbeats: Iterable[dict[str, Any]], *, se
     )
 
 
-def adopt_pending(sink: Sink, key: str, cp: Checkpoint, version: str | None) -> tuple[Checkpoint, str | None]:
-    """If the pending object exists (a crash or a concurrent run wrote it), commit it as it is."""
+def adopt_pending(
+    sink: Sink, key: str, cp: Checkpoint, version: str | None, *, body: bytes | None = None
+) -> tuple[Checkpoint, str | None, int]:
+    """If the pending object exists (a crash or a concurrent run wrote it), commit it as it is.
+
+    ``body``: the pending object's bytes when the caller has already read them. Returns the new checkpoint, its
+    version, and the size of the adopted object (0 when there was nothing to adopt).
+    """
     if cp.pending is None:
-        return cp, version
-    body = sink.get(cp.pending.key)
+        return cp, version, 0
     if body is None:
-        return cp, version
+        body = sink.get(cp.pending.key)
+    if body is None:
+        return cp, version, 0
     try:
         heartbeats = read_heartbeats(body)
     except (DestinationError, ValueError) as exc:
@@ -165,7 +173,7 @@ def adopt_pending(sink: Sink, key: str, cp: Checkpoint, version: str | None) -> 
         len(heartbeats),
     )
     new_cp = apply_heartbeats(cp, heartbeats, seq=cp.pending.seq, key=cp.pending.key)
-    return new_cp, save_checkpoint(sink, key, new_cp, version)
+    return new_cp, save_checkpoint(sink, key, new_cp, version), len(body)
 
 
 # -------------------------------------------------------------------------------------------------- a cycle
@@ -214,8 +222,6 @@ class Exporter:
         self.stop = stop or threading.Event()
         self.exporter_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.cp_key = checkpoint_key(config)
-        self.last_success: datetime | None = None
-        self.failing_scopes: dict[str, str] = {}
         self.chunk_events = CHUNK_EVENTS
 
     def close(self) -> None:
@@ -262,19 +268,18 @@ class Exporter:
         result.requests = self.client.requests - requests_before
         result.duration_s = time.monotonic() - started
         if not result.conflict and not result.failures:
-            self.last_success = utcnow()
-            _touch_health(self.last_success)
+            _touch_health(utcnow())
         if self.metrics:
             self.metrics.on_cycle(result, retries=self.client.retries - retries_before)
         return result
 
-    def _adopt(self, cp: Checkpoint, version: str | None) -> tuple[Checkpoint, str | None]:
+    def _adopt(
+        self, cp: Checkpoint, version: str | None, *, body: bytes | None = None
+    ) -> tuple[Checkpoint, str | None]:
         """Commit the pending object if a crashed or concurrent run already wrote it."""
-        pending = cp.pending
-        new_cp, new_version = adopt_pending(self.sink, self.cp_key, cp, version)
-        if pending is not None and new_cp.seq == pending.seq and self.metrics:
-            body = self.sink.get(pending.key) or b""
-            self.metrics.on_commit(new_cp, {}, len(body), adopted=True)
+        new_cp, new_version, size = adopt_pending(self.sink, self.cp_key, cp, version, body=body)
+        if size and self.metrics:
+            self.metrics.on_commit(new_cp, {}, size, adopted=True)
         return new_cp, new_version
 
     def _refuse_missing_checkpoint(self) -> None:
@@ -348,15 +353,11 @@ class Exporter:
                             item.scope.describe(),
                             item.error.error_code or "404",
                         )
-                        self.failing_scopes.pop(item.scope.key, None)
                     elif item.error is not None:
                         result.scopes_failed += 1
                         message = f"{item.scope.describe()}: {item.error}"
                         result.failures.append(message)
-                        self.failing_scopes[item.scope.key] = str(item.error)
                         log.warning("scope failed, its watermark stays: %s", message)
-                    else:
-                        self.failing_scopes.pop(item.scope.key, None)
                     continue
                 batch.add(item, cfg)
                 progress.advance(pages=item.pages, events=item.count)
@@ -389,42 +390,31 @@ class Exporter:
         cp, version = batch.cp, batch.version
         if cp.pending is None:
             pending = Pending(seq=cp.seq + 1, key=object_key(cp.seq + 1, now, shard_tag(cfg)))
-            cp = Checkpoint(
-                seq=cp.seq,
-                scopes=cp.scopes,
-                pending=pending,
-                last_object=cp.last_object,
-                last_object_at=cp.last_object_at,
-            )
+            cp = dataclasses.replace(cp, pending=pending)
             version = save_checkpoint(self.sink, self.cp_key, cp, version)
             if self.metrics:
                 self.metrics.checkpoint_saves.labels("pending").inc()
         assert cp.pending is not None
         seq, key = cp.pending.seq, cp.pending.key
-        heartbeats = []
-        for entry in lines:
-            record: dict[str, Any] = {
-                "created": format_atlas_time(now),
-                "scope": entry.scope_json,
-                "watermark": entry.watermark.to_json(),
-                "count": entry.count,
-            }
-            heartbeats.append(record)
+        heartbeats = [
             append_heartbeat(
                 batch.writer,
                 now=now,
                 scope=entry.scope_json,
-                watermark=record["watermark"],
+                watermark=entry.watermark.to_json(),
                 count=entry.count,
                 seq=seq,
                 exporter=self.exporter_id,
             )
+            for entry in lines
+        ]
         body = batch.writer.finish()
-        if not self.sink.put_new(key, body) and self.sink.get(key) != body:
+        existing = body if self.sink.put_new(key, body) else self.sink.get(key)
+        if existing != body:
             # Someone else's object (a crashed or concurrent run). Identical bytes would mean our own write
             # went through and only its answer was lost (a retried PUT then sees 412): that is plain success.
             log.warning("object %s already exists (written by a crashed or concurrent run); adopting it", key)
-            cp, version = self._adopt(cp, version)
+            cp, version = self._adopt(cp, version, body=existing)
             batch.cp, batch.version = cp, version
             raise CheckpointConflict(f"object {key} was written by another run")
         new_cp = apply_heartbeats(cp, heartbeats, seq=seq, key=key)
@@ -436,10 +426,10 @@ class Exporter:
         result.objects += 1
         result.bytes += len(body)
         if self.metrics:
-            by_kind: dict[str, int] = {}
+            by_kind: collections.Counter[str] = collections.Counter()
             for entry in lines:
-                by_kind[entry.scope_json["kind"]] = by_kind.get(entry.scope_json["kind"], 0) + entry.count
-            self.metrics.on_commit(new_cp, by_kind, len(body), adopted=False)
+                by_kind[entry.scope_json["kind"]] += entry.count
+            self.metrics.on_commit(new_cp, dict(by_kind), len(body), adopted=False)
         log.info("stored %s events=%d bytes=%d scopes=%d", key, events, len(body), len(lines))
 
 

@@ -99,11 +99,6 @@ class ObjectWriter:
             self._pending.clear()
             self._pending_len = 0
 
-    def add_event(self, line: bytes) -> None:
-        """``line``: one event, already serialized as JSON without a trailing newline."""
-        self._push(line)
-        self.events += 1
-
     def add_events(self, lines: list[bytes]) -> None:
         """Many events at once (each serialized, no trailing newline), oldest first."""
         size = sum(map(len, lines)) + len(lines)
@@ -147,19 +142,22 @@ def append_heartbeat(
     count: int,
     seq: int,
     exporter: str,
-) -> None:
-    """The original's heartbeat record, plus the scope, its new watermark and the number of events in this object."""
-    writer.add_json(
-        {
-            "created": format_atlas_time(now),
-            "eventTypeName": HEARTBEAT_TYPE,
-            "scope": scope,
-            "watermark": watermark,
-            "count": count,
-            "seq": seq,
-            "exporter": exporter,
-        }
-    )
+) -> dict[str, Any]:
+    """The original's heartbeat record, plus the scope, its new watermark and the number of events in this object.
+
+    Returns the record as written, which is what a commit applies to the checkpoint.
+    """
+    record = {
+        "created": format_atlas_time(now),
+        "eventTypeName": HEARTBEAT_TYPE,
+        "scope": scope,
+        "watermark": watermark,
+        "count": count,
+        "seq": seq,
+        "exporter": exporter,
+    }
+    writer.add_json(record)
+    return record
 
 
 def read_object_lines(body: bytes) -> Iterator[bytes]:
