@@ -21,7 +21,7 @@ from typing import IO, Any
 from atlas_log._time import atlas_epoch_s
 from atlas_log.atlas_api import AtlasClient, Scope, ensure_no_missing_history
 from atlas_log.errors import AtlasApiError
-from atlas_log.high_watermark import EventKey, Watermark, advance, is_new, query_start_s
+from atlas_log.high_watermark import EventKey, Watermark, is_new, query_start_s
 from atlas_log.write_events import dump_line
 
 log = logging.getLogger(__name__)
@@ -176,10 +176,11 @@ def read_scope(
         remaining,
         chunk_events,
     )
-    local_wm = wm
+    # Each chunk's window starts after the last one's, so the windows are disjoint: the watermark the cycle started
+    # from judges every chunk alike (what one chunk exported can never turn up in the next).
     while True:
         if remaining <= chunk_events:
-            yield _read_whole(client, scope, local_wm, lo_s, until_s, lookback_s)[0]
+            yield _read_whole(client, scope, wm, lo_s, until_s, lookback_s)[0]
             return
         probe = client.get_events(
             scope,
@@ -192,11 +193,9 @@ def read_scope(
             remaining = 0
             continue
         cut_s = max(lo_s, min(until_s, created_s(probe.events[0])))
-        chunk, read = _read_whole(client, scope, local_wm, lo_s, cut_s, lookback_s)
+        chunk, read = _read_whole(client, scope, wm, lo_s, cut_s, lookback_s)
         chunk.pages += 1  # the probe
-        keys = list(chunk.keys())
         yield chunk
-        local_wm = advance(local_wm, keys, lookback_s=lookback_s, read_until_s=cut_s)
         total_now = probe.total_count if probe.total_count is not None else remaining
         remaining = max(0, total_now - read)
         if cut_s >= until_s:
